@@ -1,0 +1,27 @@
+# Two entry points: `make demo` (app on the built-in demo runs) and `make test` (whole suite).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench clean-demo
+
+$(STAMP): requirements.txt
+	@echo ">> creating the environment in $(VENV) (first time only, ~1 min)"
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q --upgrade pip
+	$(PY) -m pip install --disable-pip-version-check -r requirements.txt
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m core demo
+	$(PY) -m streamlit run app.py
+
+test: $(STAMP)
+	bash scripts/test.sh
+
+bench: $(STAMP)
+	$(PY) bench/bench_sweep.py
+
+clean-demo:
+	rm -rf data/runs/demo-healthy data/runs/demo-troubled

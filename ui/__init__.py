@@ -1,0 +1,1 @@
+"""Thin Streamlit glue: cached loaders (cache.py) and shared sidebar controls (state.py)."""
