@@ -37,6 +37,7 @@ class ArchConfig:
     input_channels: int = 3
     num_classes: int = 25
     stem_width: int = 16
+    stem_stride: int = 2
     widths: tuple[int, ...] = (24, 32, 48, 64, 96)
     convs: tuple[int, ...] = (2, 2, 2, 2, 1)
     residual_blocks: tuple[int, ...] = (2, 3)
@@ -56,7 +57,7 @@ class ArchConfig:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
         if len(self.widths) != len(self.convs):
             raise ValueError("widths and convs must have the same length (one entry per block)")
-        if self.input_size < 2 ** (len(self.widths) - 1):
+        if self.input_size < self.stem_stride * 2 ** (len(self.widths) - 1):
             raise ValueError(f"input_size {self.input_size} too small for {len(self.widths)} blocks")
         for b in (*self.residual_blocks, *self.se_blocks):
             if not 1 <= b <= len(self.widths):
@@ -74,14 +75,14 @@ class ArchConfig:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
-def _conv(cfg: ArchConfig, x, width: int, kernel: int, name: str):
+def _conv(cfg: ArchConfig, x, width: int, kernel: int, name: str, strides: int = 1):
     reg = keras.regularizers.L2(cfg.l2) if cfg.l2 else None
-    return layers.Conv2D(width, kernel, padding="same", use_bias=not cfg.batchnorm,
+    return layers.Conv2D(width, kernel, strides=strides, padding="same", use_bias=not cfg.batchnorm,
                          kernel_regularizer=reg, name=name)(x)
 
 
-def _conv_bn_act(cfg: ArchConfig, x, width: int, prefix: str, j: int | str = ""):
-    x = _conv(cfg, x, width, 3, f"{prefix}_conv{j}")
+def _conv_bn_act(cfg: ArchConfig, x, width: int, prefix: str, j: int | str = "", strides: int = 1):
+    x = _conv(cfg, x, width, 3, f"{prefix}_conv{j}", strides)
     if cfg.batchnorm:
         x = layers.BatchNormalization(name=f"{prefix}_bn{j}")(x)
     return layers.Activation(cfg.activation, name=f"{prefix}_act{j}")(x)
@@ -108,7 +109,8 @@ def build_seed_net(cfg: ArchConfig = ArchConfig(), seed: int | None = 0) -> kera
     if seed is not None:
         keras.utils.set_random_seed(seed)
     inp = keras.Input((cfg.input_size, cfg.input_size, cfg.input_channels), name="image")
-    x = _conv_bn_act(cfg, inp, cfg.stem_width, "stem")
+    # A strided stem keeps the full-resolution cost low (training speed on CPUs).
+    x = _conv_bn_act(cfg, inp, cfg.stem_width, "stem", strides=cfg.stem_stride)
     n = len(cfg.widths)
     for i, (w, k) in enumerate(zip(cfg.widths, cfg.convs), start=1):
         prefix = f"block{i}"

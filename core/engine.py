@@ -1,0 +1,84 @@
+"""Per-run extraction engine: one model and one traced forward pass serve every checkpoint."""
+from __future__ import annotations
+
+import hashlib
+import threading
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from core.preprocess import PreprocessSpec, apply_preprocessing
+from core.runs import Checkpoint, Run
+
+
+@dataclass(frozen=True)
+class ProbeSet:
+    """Probe images in model-input size: ``images`` uint8 (N, H, W, C), ``labels`` int64 (N,), -1 if unknown."""
+
+    ids: tuple[str, ...]
+    images: np.ndarray
+    labels: np.ndarray
+
+    @property
+    def key(self) -> str:
+        """Content hash: identical images and labels give the same key whatever their ids."""
+        h = hashlib.sha256()
+        h.update(str(self.images.shape).encode())
+        h.update(np.ascontiguousarray(self.images, np.uint8).tobytes())
+        h.update(np.ascontiguousarray(self.labels, np.int64).tobytes())
+        return h.hexdigest()[:16]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def run_probe_set(run: Run) -> ProbeSet:
+    """The run's fixed labelled probe set (ids ``probe:000`` ...)."""
+    x, y = run.probes()
+    return ProbeSet(tuple(f"probe:{i:03d}" for i in range(len(x))), x, y)
+
+
+def single_probe(image: np.ndarray, probe_id: str, label: int = -1) -> ProbeSet:
+    """A one-image probe set from an uint8 (H, W, C) image already at the model's input size."""
+    return ProbeSet((probe_id,), image[None].astype(np.uint8), np.array([label], np.int64))
+
+
+class RunEngine:
+    """A run's model, preprocessing and ``Extractor``; thread-safe (weights are call arguments).
+
+    Build once per run and taps selection (the UI caches it); then
+    ``activations(ckpt, images)`` costs one checkpoint read plus one forward pass.
+    """
+
+    def __init__(self, run: Run, taps: Sequence[str] | None = None, trust: bool = False):
+        from core.extract import Extractor
+
+        self.run = run
+        self.model = run.load_model(trust=trust)
+        self.spec = PreprocessSpec.from_dict(run.manifest.preprocessing)
+        self.extractor = Extractor(self.model, list(taps) if taps is not None else None)
+        self.se_blocks = self.extractor.se_blocks
+        self._lock = threading.Lock()
+
+    @property
+    def taps(self) -> list[str]:
+        return self.extractor.taps
+
+    def tap_kinds(self) -> dict[str, str]:
+        return {t.name: t.kind for t in self.extractor.tappable}
+
+    def preprocess(self, images: np.ndarray) -> np.ndarray:
+        """uint8 (N, H, W, C) -> float32 model input as the manifest says."""
+        return apply_preprocessing(images, self.spec)
+
+    def read_weights(self, ckpt: Checkpoint) -> dict[str, np.ndarray]:
+        return self.run.read_weights(ckpt, architecture=self.model)
+
+    def weight_values(self, weights: dict[str, np.ndarray]):
+        return self.extractor.weights_from_mapping(weights)
+
+    def activations(self, ckpt: Checkpoint, images: np.ndarray) -> dict[str, np.ndarray]:
+        """Every tap for uint8 images (N, H, W, C) at checkpoint ``ckpt``: {tap: (N, ...)}."""
+        wv = self.weight_values(self.read_weights(ckpt))
+        return self.extractor.run(wv, self.preprocess(images))

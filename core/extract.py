@@ -1,0 +1,393 @@
+"""Extraction engine: one traced forward pass returns every tapped tensor, with the weights as arguments."""
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from core.se import (
+    ACTIVATION_LAYERS, ACTIVATION_OP_CLASSES, Graph, SEBlock, build_graph, op_class, se_blocks_of,
+)
+
+CONV_LAYERS = (
+    keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D, keras.layers.DepthwiseConv2D,
+    keras.layers.SeparableConv2D, keras.layers.Conv2DTranspose,
+)
+NORM_LAYERS = (keras.layers.BatchNormalization, keras.layers.LayerNormalization, keras.layers.GroupNormalization)
+POOL_LAYERS = (
+    keras.layers.MaxPooling2D, keras.layers.AveragePooling2D, keras.layers.GlobalAveragePooling2D,
+    keras.layers.GlobalMaxPooling2D,
+)
+DEFAULT_KINDS = frozenset({"conv", "activation", "add", "dense", "se_gate", "se_logits", "se_hidden", "se_excite"})
+LOGITS_SUFFIX = "/logits"  # Keras forbids "/" in layer names, so virtual taps cannot clash
+
+
+@dataclass(frozen=True)
+class Tap:
+    """One tappable tensor: ``shape`` has the batch dimension as None; ``default`` marks default taps."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    kind: str
+    op_class: str
+    default: bool
+
+
+@dataclass(frozen=True)
+class WeightValues:
+    """Values of every model variable, in ``model.trainable_variables`` / ``non_trainable_variables`` order.
+
+    Opaque to callers: make it with ``Extractor.weights_from_model`` or ``weights_from_mapping``.
+    """
+
+    trainable: tuple[tf.Tensor, ...]
+    non_trainable: tuple[tf.Tensor, ...]
+    paths: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _VirtualLogits:
+    """Pre-activation of a Dense/1x1-Conv gate: ``input @ kernel + bias`` (the layer applies the sigmoid)."""
+
+    name: str
+    layer: Any
+    input_tensor: keras.KerasTensor
+    out_shape: tuple[int, ...]  # without batch
+
+
+def _add_is_merge(op: Any, graph: Graph) -> bool:
+    """An elementwise ``add`` op of two feature maps (a residual), not ``x + 3`` inside a hard sigmoid."""
+    ins = graph.inputs[id(op)]
+    return len(ins) == 2 and tuple(ins[0].shape) == tuple(ins[1].shape)
+
+
+def _generic_kind(op: Any, graph: Graph) -> str:
+    if isinstance(op, keras.layers.InputLayer):
+        return "input"
+    if isinstance(op, CONV_LAYERS):
+        return "conv"
+    if isinstance(op, keras.layers.Dense):
+        return "dense"
+    if isinstance(op, ACTIVATION_LAYERS) or (
+            not isinstance(op, keras.layers.Layer) and op_class(op) in ACTIVATION_OP_CLASSES):
+        return "activation"
+    if isinstance(op, keras.layers.Add) or (
+            not isinstance(op, keras.layers.Layer) and op_class(op) == "add" and _add_is_merge(op, graph)):
+        return "add"
+    if isinstance(op, NORM_LAYERS):
+        return "norm"
+    if isinstance(op, POOL_LAYERS):
+        return "pool"
+    return "other"
+
+
+def _se_kinds(blocks: Sequence[SEBlock]) -> dict[str, str]:
+    kinds: dict[str, str] = {}
+    for b in blocks:
+        kinds[b.squeeze] = "se_squeeze"
+        if b.hidden:
+            kinds[b.hidden] = "se_hidden"
+        kinds[b.logits_tap] = "se_logits"
+        kinds[b.gate] = "se_gate"
+        kinds[b.excite] = "se_excite"
+    return kinds
+
+
+def _virtual_logits(graph: Graph, block: SEBlock) -> _VirtualLogits | None:
+    """Describe how to compute a Dense-gate's logits; None when the layer is not a plain matmul."""
+    if block.gate_from_dense is None:
+        return None
+    layer = graph.op_named(block.gate_from_dense)
+    kernel = getattr(layer, "kernel", None)
+    ins = graph.inputs[id(layer)]
+    if not isinstance(kernel, keras.Variable) or len(ins) != 1:
+        return None
+    k_shape = tuple(kernel.shape)
+    is_matmul = len(k_shape) == 2 or (
+        isinstance(layer, keras.layers.Conv2D) and k_shape[:2] == (1, 1)
+        and getattr(layer, "groups", 1) == 1 and tuple(ins[0].shape[1:3]) == (1, 1))
+    if not is_matmul:
+        return None
+    out_shape = tuple(int(d) for d in graph.outputs[id(layer)].shape[1:])
+    return _VirtualLogits(block.logits_tap, layer, ins[0], out_shape)
+
+
+def _tap_table(model: keras.Model) -> tuple[Graph, list[SEBlock], list[Tap], dict[str, Any]]:
+    """(graph, SE blocks, taps in graph order, tap name -> KerasTensor or _VirtualLogits)."""
+    graph = build_graph(model)
+    blocks = se_blocks_of(graph)
+    se_kinds = _se_kinds(blocks)
+    virtual = {v.layer.name: v for v in (_virtual_logits(graph, b) for b in blocks) if v is not None}
+    taps: list[Tap] = []
+    sources: dict[str, Any] = {}
+    for op in graph.ops:
+        name = graph.name(op)
+        if name in virtual:  # logits just before the gate they feed
+            v = virtual[name]
+            taps.append(Tap(v.name, (None, *v.out_shape), "se_logits", "Logits", True))
+            sources[v.name] = v
+        out = graph.outputs[id(op)]
+        kind = se_kinds.get(name) or _generic_kind(op, graph)
+        taps.append(Tap(name, tuple(out.shape), kind, type(op).__name__, kind in DEFAULT_KINDS))
+        sources[name] = out
+    return graph, blocks, taps, sources
+
+
+def list_tappable(model: keras.Model) -> list[Tap]:
+    """Every tappable tensor of ``model`` (single-output ops plus SE virtual logits), graph order."""
+    return _tap_table(model)[2]
+
+
+def default_taps(model: keras.Model) -> list[str]:
+    """Conv, activation, merge-add, Dense and SE (gate, logits, hidden, excite) tap names, graph order."""
+    return [t.name for t in list_tappable(model) if t.default]
+
+
+def _check_names(requested: Sequence[str], valid: Sequence[str]) -> None:
+    unknown = [n for n in requested if n not in set(valid)]
+    if unknown:
+        raise KeyError(f"unknown layer name(s) {unknown}; valid names: {list(valid)}")
+
+
+def _single_input(model: keras.Model) -> keras.KerasTensor:
+    inputs = model.inputs
+    if inputs is None or len(inputs) != 1:
+        raise ValueError(f"model {model.name!r} must have exactly one input, has {len(inputs or [])}")
+    return inputs[0]
+
+
+def _state_only(model: keras.Model) -> set[int]:
+    """ids of variables that are state but not weights (RNG seeds, metrics): never in checkpoints."""
+    weight_ids = {id(w) for w in model.weights}
+    return {id(v) for v in model.variables if id(v) not in weight_ids}
+
+
+class Extractor:
+    """Traced multi-output forward pass of one architecture; checkpoints are passed in as ``WeightValues``.
+
+    Thread-safe: ``run`` touches no shared mutable state (weights are arguments of the
+    traced function), so threads may extract different checkpoints concurrently.
+    ``trace_count`` counts Python traces of all compiled functions; it stays 1 across
+    checkpoints and batch sizes for ``run``.
+    """
+
+    def __init__(self, model: keras.Model, taps: list[str] | None = None,
+                 batch_size_hint: int | None = None) -> None:
+        self.model = model
+        _graph, blocks, table, sources = _tap_table(model)
+        self.se_blocks: list[SEBlock] = blocks
+        self.tappable: list[Tap] = table
+        names = [t.name for t in table]
+        self.taps: list[str] = [t.name for t in table if t.default] if taps is None else list(dict.fromkeys(taps))
+        _check_names(self.taps, names)
+        self.trace_count = 0
+        self._lock = threading.Lock()
+        self._input = _single_input(model)
+        self._train_vars = list(model.trainable_variables)
+        self._state_vars = list(model.non_trainable_variables)
+        self._paths = tuple(v.path for v in self._train_vars + self._state_vars)
+        self._state_only = _state_only(model)
+        self._plan = self._plan_outputs(sources)
+        self._submodel = keras.Model(self._input, self._plan["tensors"], name=f"{model.name}_taps")
+        index = {id(v): i for i, v in enumerate(self._train_vars + self._state_vars)}
+        self._sub_index = [index[id(v)] for v in self._submodel.trainable_variables + self._submodel.non_trainable_variables]
+        self._n_sub_train = len(self._submodel.trainable_variables)
+        self._weight_spec = (
+            [tf.TensorSpec(v.shape, v.dtype) for v in self._train_vars],
+            [tf.TensorSpec(v.shape, v.dtype) for v in self._state_vars],
+        )
+        self._x_spec = tf.TensorSpec((None, *self._input.shape[1:]), self._input.dtype)
+        self._forward = self._compile(self._forward_body(training=False))
+        self._forward_train: Any = None
+        self._grad_fns: dict[bool, Any] = {}
+        if batch_size_hint:
+            # the first execution of a fresh graph pays for graph optimisation; pay it now
+            self.run(self.weights_from_model(model), np.zeros((batch_size_hint, *self._input.shape[1:]), "float32"))
+
+    # ---- plan ---------------------------------------------------------------------------------
+
+    def _plan_outputs(self, sources: Mapping[str, Any]) -> dict[str, Any]:
+        """Unique sub-model output tensors and, per tap, where its value comes from."""
+        tensors: list[keras.KerasTensor] = []
+        slot: dict[int, int] = {}
+
+        def output_slot(t: keras.KerasTensor) -> int:
+            if id(t) not in slot:
+                slot[id(t)] = len(tensors)
+                tensors.append(t)
+            return slot[id(t)]
+
+        real: dict[str, int] = {}
+        virtual: dict[str, tuple[int, int, int | None, tuple[int, ...]]] = {}
+        all_vars = self._train_vars + self._state_vars
+        var_index = {id(v): i for i, v in enumerate(all_vars)}
+        for name in self.taps:
+            src = sources[name]
+            if isinstance(src, _VirtualLogits):
+                bias = getattr(src.layer, "bias", None) if getattr(src.layer, "use_bias", False) else None
+                virtual[name] = (output_slot(src.input_tensor), var_index[id(src.layer.kernel)],
+                                 var_index[id(bias)] if bias is not None else None, src.out_shape)
+            else:
+                real[name] = output_slot(src)
+        return {"tensors": tensors, "real": real, "virtual": virtual}
+
+    # ---- compiled functions --------------------------------------------------------------------
+
+    def _compile(self, body: Any) -> Any:
+        fn = tf.function(body, input_signature=[*self._weight_spec, self._x_spec], autograph=False)
+        with self._lock:
+            fn.get_concrete_function()  # trace now, never concurrently from callers' threads
+        return fn
+
+    def _forward_body(self, training: bool) -> Any:
+        plan, n_train = self._plan, self._n_sub_train
+
+        def body(trainable: list[tf.Tensor], non_trainable: list[tf.Tensor], x: tf.Tensor) -> list[tf.Tensor]:
+            self.trace_count += 1  # Python side effect: runs only while tracing
+            values = list(trainable) + list(non_trainable)
+            sub = [values[i] for i in self._sub_index]
+            outs, _new_state = self._submodel.stateless_call(sub[:n_train], sub[n_train:], x, training=training)
+            outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
+            result = [outs[plan["real"][name]] if name in plan["real"] else self._logits(values, outs, name)
+                      for name in self.taps]
+            return result  # _new_state dropped: moving statistics are never updated
+
+        return body
+
+    def _logits(self, values: list[tf.Tensor], outs: list[tf.Tensor], name: str) -> tf.Tensor:
+        slot, k_idx, b_idx, out_shape = self._plan["virtual"][name]
+        inp, kernel = outs[slot], values[k_idx]
+        c_in, c_out = kernel.shape[-2], kernel.shape[-1]
+        y = tf.matmul(tf.reshape(inp, (-1, c_in)), tf.reshape(kernel, (c_in, c_out)))
+        if b_idx is not None:
+            y = y + values[b_idx]
+        return tf.reshape(y, (-1, *out_shape))
+
+    # ---- weights -------------------------------------------------------------------------------
+
+    def weights_from_mapping(self, mapping: Mapping[str, Any]) -> WeightValues:
+        """Checkpoint arrays keyed by ``variable.path`` -> ``WeightValues``.
+
+        RNG/metric state (not saved in checkpoints) falls back to the model's own values.
+        Raises ValueError listing every missing or shape-mismatched variable.
+        """
+        missing, mismatched, values = [], [], []
+        for v in self._train_vars + self._state_vars:
+            if v.path not in mapping:
+                if id(v) in self._state_only:
+                    values.append(tf.convert_to_tensor(v.numpy()))
+                else:
+                    missing.append(v.path)
+                continue
+            a = np.asarray(mapping[v.path])
+            if tuple(a.shape) != tuple(v.shape):
+                mismatched.append(f"{v.path}: expected {tuple(v.shape)}, got {tuple(a.shape)}")
+                continue
+            values.append(tf.convert_to_tensor(a, dtype=v.dtype))
+        if missing or mismatched:
+            raise ValueError(
+                f"weights do not fit model {self.model.name!r}: "
+                + (f"missing {len(missing)} variable(s) {missing}" if missing else "")
+                + ("; " if missing and mismatched else "")
+                + (f"shape mismatch {mismatched}" if mismatched else ""))
+        n = len(self._train_vars)
+        return WeightValues(tuple(values[:n]), tuple(values[n:]), self._paths)
+
+    def weights_from_model(self, model: keras.Model) -> WeightValues:
+        """Snapshot of the variables of ``model`` (this architecture, any instance), matched by path."""
+        return self.weights_from_mapping({v.path: v.numpy() for v in model.variables})
+
+    # ---- running -------------------------------------------------------------------------------
+
+    def _prepare(self, weights: WeightValues, x: np.ndarray) -> tuple[list, list, tf.Tensor]:
+        if weights.paths != self._paths:
+            raise ValueError("WeightValues were made for a different architecture; use this extractor's "
+                             "weights_from_model / weights_from_mapping")
+        x = np.asarray(x, dtype=self._x_spec.dtype.as_numpy_dtype)
+        expected = tuple(self._x_spec.shape[1:])
+        if x.ndim != len(expected) + 1 or any(e is not None and e != s for e, s in zip(expected, x.shape[1:])):
+            raise ValueError(f"input batch must have shape (N, {', '.join(map(str, expected))}), got {x.shape}")
+        return list(weights.trainable), list(weights.non_trainable), tf.convert_to_tensor(x)
+
+    def _call(self, fn: Any, weights: WeightValues, x: np.ndarray) -> dict[str, np.ndarray]:
+        outs = fn(*self._prepare(weights, x))
+        return {name: o.numpy() for name, o in zip(self.taps, outs)}
+
+    def run(self, weights: WeightValues, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Inference-mode values of every tap. x: float32 (N, H, W, C) -> {tap: (N, ...)}."""
+        return self._call(self._forward, weights, x)
+
+    def run_training_mode(self, weights: WeightValues, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Like ``run`` with ``training=True`` (BatchNorm uses batch statistics); state is not updated."""
+        with self._lock:
+            if self._forward_train is None:
+                fn = tf.function(self._forward_body(training=True),
+                                 input_signature=[*self._weight_spec, self._x_spec], autograph=False)
+                fn.get_concrete_function()
+                self._forward_train = fn
+        return self._call(self._forward_train, weights, x)
+
+    def _output_is_probability(self) -> bool:
+        """True when the model ends in a softmax (then the loss takes probabilities, not logits)."""
+        graph = build_graph(self.model)
+        out = self.model.outputs[0]
+        op = graph.producer.get(id(out))
+        act = getattr(op, "activation", None)
+        return getattr(act, "__name__", "") == "softmax" or isinstance(op, keras.layers.Softmax) or (
+            op is not None and not isinstance(op, keras.layers.Layer) and op_class(op) == "softmax")
+
+    def _gradient_fn(self, training: bool) -> Any:
+        with self._lock:
+            if training in self._grad_fns:
+                return self._grad_fns[training]
+            if len(self.model.outputs) != 1:
+                raise ValueError("gradients need a single-output classification model")
+            from_probs = self._output_is_probability()
+            y_spec = tf.TensorSpec((None,), tf.int64)
+
+            def body(trainable, non_trainable, x, y):
+                self.trace_count += 1
+                trainable = list(trainable)
+                with tf.GradientTape() as tape:
+                    tape.watch(trainable)
+                    out, _ = self.model.stateless_call(trainable, list(non_trainable), x, training=training)
+                    loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(
+                        y, out, from_logits=not from_probs))
+                grads = tape.gradient(loss, trainable)
+                # a variable off the loss path has no gradient; report it as 0
+                return loss, [tf.norm(g) if g is not None else tf.constant(0.0) for g in grads]
+
+            fn = tf.function(body, input_signature=[*self._weight_spec, self._x_spec, y_spec], autograph=False)
+            fn.get_concrete_function()
+            self._grad_fns[training] = fn
+            return fn
+
+    def gradients(self, weights: WeightValues, x: np.ndarray, y: np.ndarray,
+                  training: bool = False) -> dict[str, float]:
+        """L2 norm of d(mean sparse-categorical CE)/d(variable) per trainable ``variable.path``.
+
+        x: (N, H, W, C) probes, y: int (N,) labels. ``training`` selects BatchNorm/Dropout mode.
+        """
+        fn = self._gradient_fn(training)
+        trainable, non_trainable, xt = self._prepare(weights, x)
+        _loss, norms = fn(trainable, non_trainable, xt, tf.convert_to_tensor(np.asarray(y, dtype=np.int64)))
+        return {v.path: float(n) for v, n in zip(self._train_vars, norms)}
+
+
+def activations(model: keras.Model, x: np.ndarray, layers: str | Sequence[str] | None = None
+                ) -> dict[str, np.ndarray]:
+    """keract-style ``{layer name: output}`` for ``model`` on ``x`` with its current weights.
+
+    layers None -> every tappable tensor. Unknown names raise KeyError listing valid names.
+    One-off use; build an ``Extractor`` to extract many checkpoints.
+    """
+    names = [layers] if isinstance(layers, str) else (None if layers is None else list(layers))
+    if names is None:
+        names = [t.name for t in list_tappable(model)]
+    ex = Extractor(model, names)
+    return ex.run(ex.weights_from_model(model), x)
