@@ -27,6 +27,36 @@ DEFAULT_KINDS = frozenset({"conv", "activation", "add", "dense", "se_gate", "se_
 LOGITS_SUFFIX = "/logits"  # Keras forbids "/" in layer names, so virtual taps cannot clash
 
 
+_REDUCED_KEYS = ("count", "s", "m2", "abs_sum", "min", "max", "n_zero", "n_nan", "n_inf")
+
+
+def _positions(shape: tuple[int | None, ...]) -> int:
+    """Positions per (probe, channel) of a tap of shape (None, ..., C)."""
+    p = 1
+    for d in shape[1:-1]:
+        p *= int(d) if d is not None else 1
+    return p
+
+
+def _reduce_tap(t: tf.Tensor) -> list[tf.Tensor]:
+    """(N, ..., C) -> per (N, C): count, sum, M2, |x| sum, min, max, zeros, NaNs, Infs.
+
+    Assumes finite values (six cheap passes, small graph). A NaN or Inf makes the
+    sum non-finite; ``Extractor.run_reduced`` callers detect that and recompute the
+    tap from raw values with ``core.stats.moments``, which masks them.
+    """
+    t = tf.cast(t, tf.float32)
+    n, c = tf.shape(t)[0], tf.shape(t)[-1]
+    t = tf.reshape(t, tf.stack([n, -1, c]))
+    p = tf.cast(tf.shape(t)[1], tf.float32)
+    s = tf.reduce_sum(t, axis=1)
+    d = t - (s / p)[:, None, :]
+    zeros = tf.zeros_like(s)
+    return [tf.fill(tf.shape(s), p), s, tf.reduce_sum(d * d, axis=1), tf.reduce_sum(tf.abs(t), axis=1),
+            tf.reduce_min(t, axis=1), tf.reduce_max(t, axis=1),
+            tf.reduce_sum(tf.cast(tf.equal(t, 0.0), tf.float32), axis=1), zeros, zeros]
+
+
 @dataclass(frozen=True)
 class Tap:
     """One tappable tensor: ``shape`` has the batch dimension as None; ``default`` marks default taps."""
@@ -149,7 +179,8 @@ def default_taps(model: keras.Model) -> list[str]:
 
 
 def _check_names(requested: Sequence[str], valid: Sequence[str]) -> None:
-    unknown = [n for n in requested if n not in set(valid)]
+    known = set(valid)
+    unknown = [n for n in requested if n not in known]
     if unknown:
         raise KeyError(f"unknown layer name(s) {unknown}; valid names: {list(valid)}")
 
@@ -185,6 +216,8 @@ class Extractor:
         names = [t.name for t in table]
         self.taps: list[str] = [t.name for t in table if t.default] if taps is None else list(dict.fromkeys(taps))
         _check_names(self.taps, names)
+        if not self.taps:
+            raise ValueError("no taps to extract; pass at least one name from list_tappable(model)")
         self.trace_count = 0
         self._lock = threading.Lock()
         self._input = _single_input(model)
@@ -195,7 +228,8 @@ class Extractor:
         self._plan = self._plan_outputs(sources)
         self._submodel = keras.Model(self._input, self._plan["tensors"], name=f"{model.name}_taps")
         index = {id(v): i for i, v in enumerate(self._train_vars + self._state_vars)}
-        self._sub_index = [index[id(v)] for v in self._submodel.trainable_variables + self._submodel.non_trainable_variables]
+        sub_vars = self._submodel.trainable_variables + self._submodel.non_trainable_variables
+        self._sub_index = [index[id(v)] for v in sub_vars]
         self._n_sub_train = len(self._submodel.trainable_variables)
         self._weight_spec = (
             [tf.TensorSpec(v.shape, v.dtype) for v in self._train_vars],
@@ -205,9 +239,12 @@ class Extractor:
         self._forward = self._compile(self._forward_body(training=False))
         self._forward_train: Any = None
         self._grad_fns: dict[bool, Any] = {}
+        self._reduced_fns: dict[tuple[str, ...], Any] = {}
+        self._tap_positions = {t.name: _positions(t.shape) for t in table}
         if batch_size_hint:
             # the first execution of a fresh graph pays for graph optimisation; pay it now
-            self.run(self.weights_from_model(model), np.zeros((batch_size_hint, *self._input.shape[1:]), "float32"))
+            zeros = np.zeros((batch_size_hint, *self._input.shape[1:]), "float32")
+            self.run(self.weights_from_model(model), zeros)
 
     # ---- plan ---------------------------------------------------------------------------------
 
@@ -256,6 +293,44 @@ class Extractor:
             result = [outs[plan["real"][name]] if name in plan["real"] else self._logits(values, outs, name)
                       for name in self.taps]
             return result  # _new_state dropped: moving statistics are never updated
+
+        return body
+
+    def run_reduced(self, weights: WeightValues, x: np.ndarray, raw: Sequence[str] = ()
+                    ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, np.ndarray]]:
+        """Per-channel sufficient statistics of every tap, reduced inside the traced graph.
+
+        Returns ({tap: {count, s, m2, abs_sum, min, max, n_zero, n_nan, n_inf} each (N, C),
+        plus "total" (positions per channel)}, {tap: raw value} for the taps in ``raw``).
+        Values are exact only for finite tensors: a tap whose ``s`` is not finite must be
+        recomputed from raw values (``core.sweep`` does this).
+        Reducing in the graph avoids copying every feature map out of TensorFlow and
+        scanning it again in numpy: the sweep then costs about one forward pass.
+        Statistics are over finite values only (see ``core.stats.Moments``).
+        """
+        raw = tuple(t for t in raw if t in self.taps)
+        with self._lock:
+            fn = self._reduced_fns.get(raw)
+            if fn is None:
+                fn = tf.function(self._reduced_body(raw), input_signature=[*self._weight_spec, self._x_spec],
+                                 autograph=False)
+                fn.get_concrete_function()
+                self._reduced_fns[raw] = fn
+        red, raws = fn(*self._prepare(weights, x))
+        out = {}
+        for name, vals in zip(self.taps, red):
+            d = {k: v.numpy() for k, v in zip(_REDUCED_KEYS, vals)}
+            d["total"] = int(self._tap_positions[name])
+            out[name] = d
+        return out, {name: v.numpy() for name, v in zip(raw, raws)}
+
+    def _reduced_body(self, raw: tuple[str, ...]) -> Any:
+        forward = self._forward_body(training=False)
+
+        def body(trainable, non_trainable, x):
+            outs = forward(trainable, non_trainable, x)
+            by_name = dict(zip(self.taps, outs))
+            return [_reduce_tap(t) for t in outs], [by_name[n] for n in raw]
 
         return body
 

@@ -265,7 +265,8 @@ def _check_keras3_shapes(path: Path, f: h5py.File, architecture: keras.Model) ->
         extra, missing = found - expected, expected - found
         raise ModelLoadError(
             f"{path}: checkpoint from another architecture; variable shapes differ "
-            f"(in file only: {sorted(extra.elements())[:10]}, expected but absent: {sorted(missing.elements())[:10]})")
+            f"(in file only: {sorted(extra.elements())[:10]}, "
+            f"expected but absent: {sorted(missing.elements())[:10]})")
 
 
 def _check_keras_zip(path: Path, architecture: keras.Model) -> None:

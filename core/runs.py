@@ -385,7 +385,12 @@ class Run:
         assign_weights(model, self.read_weights(mini_epoch, architecture=model))
 
     def complete_mini_epochs(self) -> list[int]:
-        """Mini-epochs with both a checkpoint and a history row (0 needs no row)."""
+        """Mini-epochs with both a checkpoint and a history row (0 needs no row).
+
+        Imported runs have no writer in progress and often no history: all their checkpoints count.
+        """
+        if self.manifest.external_checkpoints is not None:
+            return [c.mini_epoch for c in self.checkpoints()]
         hist = set(self.history()["mini_epoch"].tolist())
         return [c.mini_epoch for c in self.checkpoints() if c.mini_epoch == 0 or c.mini_epoch in hist]
 

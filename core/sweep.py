@@ -165,23 +165,75 @@ def _loss_acc(p: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return loss, acc
 
 
-def checkpoint_tables(engine: RunEngine, me: int, acts: Mapping[str, np.ndarray], probes: ProbeSet,
-                      weights: Mapping[str, np.ndarray], wv, options: SweepOptions,
+def _stacked_frame(run: str, me: int, key: str, names: list[str], blocks: list[dict[str, np.ndarray]],
+                   per_channel: bool, n_probes: int) -> pd.DataFrame:
+    """One tidy frame from per-tap stats dicts (each (N, C_tap) or (N,)), built once per checkpoint.
+
+    Building one DataFrame per tap and concatenating costs more than the statistics
+    themselves (categorical unions); this stacks the numpy arrays instead.
+    """
+    cols: dict[str, list[np.ndarray]] = {}
+    codes, probes, channels = [], [], []
+    for i, st in enumerate(blocks):
+        first = next(iter(st.values()))
+        c = first.shape[1] if per_channel else 1
+        rows = n_probes * c
+        codes.append(np.full(rows, i, np.int32))
+        probes.append(np.repeat(np.arange(n_probes, dtype=np.int32), c))
+        if per_channel:
+            channels.append(np.tile(np.arange(c, dtype=np.int32), n_probes))
+        for k, v in st.items():
+            cols.setdefault(k, []).append(np.asarray(v).ravel())
+    n = int(sum(len(c) for c in codes))
+    out = {"run": pd.Categorical.from_codes(np.zeros(n, np.int8), categories=[run]),
+           "mini_epoch": np.full(n, me, np.int32), "probe": np.concatenate(probes),
+           key: pd.Categorical.from_codes(np.concatenate(codes), categories=names)}
+    if per_channel:
+        out["channel"] = np.concatenate(channels)
+    for k, parts in cols.items():
+        v = np.concatenate(parts)
+        out[k] = v.astype(np.int32) if k in ("n_nan", "n_inf") else v.astype(np.float32)
+    return pd.DataFrame(out)
+
+
+def to_moments(d: Mapping[str, np.ndarray]) -> S.Moments:
+    """``Extractor.run_reduced`` output for one tap -> ``core.stats.Moments`` (N, C)."""
+    i64 = lambda k: np.rint(d[k]).astype(np.int64)  # noqa: E731 (counts came back as float32)
+    f64 = lambda k: np.asarray(d[k], np.float64)  # noqa: E731
+    return S.Moments(count=i64("count"), total=int(d["total"]), s=f64("s"), m2=f64("m2"),
+                     abs_sum=f64("abs_sum"), min=f64("min"), max=f64("max"), n_zero=i64("n_zero"),
+                     n_nan=i64("n_nan"), n_inf=i64("n_inf"))
+
+
+def raw_taps(engine: RunEngine, out_tap: str | None) -> list[str]:
+    """Taps whose raw values the tables need: SE gates and logits, and the model output."""
+    names = [t for b in engine.se_blocks for t in (b.gate, b.logits_tap)]
+    return names + ([out_tap] if out_tap else [])
+
+
+def checkpoint_tables(engine: RunEngine, me: int, moments: Mapping[str, S.Moments], acts: Mapping[str, np.ndarray],
+                      probes: ProbeSet, weights: Mapping[str, np.ndarray], wv, options: SweepOptions,
                       kinds: Mapping[str, str], depth: Mapping[str, int], bn_inputs: Mapping[str, str],
                       out_tap: str | None) -> dict[str, pd.DataFrame]:
-    """All activation tables of one checkpoint from its tap values ``acts`` {tap: (N, ...)}."""
+    """All activation tables of one checkpoint.
+
+    ``moments``: per-tap sufficient statistics (N, C); ``acts``: raw values of the
+    taps listed by ``raw_taps`` (SE gates, logits, model output).
+    """
     run = engine.run.name
     pid = np.arange(len(probes), dtype=np.int32)
+    names = list(moments)
     ch, ly = [], []
-    for tap, a in acts.items():
-        m = S.moments(a)
-        ch.append(S.channel_stats_frame(S.channel_stats_from_moments(m), run=run, mini_epoch=me, layer=tap,
-                                        probe_ids=pid))
-        f = S.layer_stats_frame(S.layer_stats_from_moments(m), run=run, mini_epoch=me, layer=tap, probe_ids=pid)
-        f["kind"] = kinds.get(tap, "other")
-        f["depth"] = np.int32(depth[tap])
-        ly.append(f)
-    out = {"channels": S.concat_frames(ch), "layers": S.concat_frames(ly)}
+    for tap in names:
+        m = moments[tap]
+        cs, ls = S.channel_stats_from_moments(m), S.layer_stats_from_moments(m)
+        ch.append({k: cs[k] for k in S.STAT_NAMES})
+        ly.append({k: ls[k] for k in S.LAYER_STAT_NAMES})
+    layers = _stacked_frame(run, me, "layer", names, ly, False, len(probes))
+    codes = layers["layer"].cat.codes.to_numpy()
+    layers["kind"] = pd.Categorical(np.array([kinds.get(t, "other") for t in names])[codes])
+    layers["depth"] = np.array([depth[t] for t in names], np.int32)[codes]
+    out = {"channels": _stacked_frame(run, me, "layer", names, ch, True, len(probes)), "layers": layers}
     gs, gh, gc = [], [], []
     for b in engine.se_blocks:
         if b.gate not in acts:
@@ -207,14 +259,13 @@ def checkpoint_tables(engine: RunEngine, me: int, acts: Mapping[str, np.ndarray]
         out[name] = S.concat_frames(parts) if parts else pd.DataFrame()
     bn_rows = []
     for bn, src in bn_inputs.items():
-        a = acts[src].astype(np.float64)
-        a = a.reshape(-1, a.shape[-1])
         mm, mv = weights.get(f"{bn}/moving_mean"), weights.get(f"{bn}/moving_variance")
-        if mm is None or mv is None:
+        if mm is None or mv is None or src not in moments:
             continue
+        bmean, bvar = batch_mean_var(moments[src])
         with np.errstate(all="ignore"):
-            shift = np.abs(a.mean(axis=0) - mm) / np.sqrt(mv + 1e-3)
-            ratio = a.var(axis=0) / (mv + 1e-3)
+            shift = np.abs(bmean - mm) / np.sqrt(mv + 1e-3)
+            ratio = bvar / (mv + 1e-3)
         bn_rows.append({"run": run, "mini_epoch": me, "layer": bn, "input": src,
                         "mean_shift": float(np.nanmean(shift)), "var_ratio": float(np.nanmedian(ratio))})
     out["bn_batch"] = pd.DataFrame(bn_rows)
@@ -247,6 +298,17 @@ def checkpoint_tables(engine: RunEngine, me: int, acts: Mapping[str, np.ndarray]
     return out
 
 
+def batch_mean_var(m: S.Moments) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and (population) variance over all probes and positions, from (N, C) moments."""
+    cnt = m.count.sum(axis=0).astype(np.float64)
+    with np.errstate(all="ignore"):
+        mean_n = m.s / m.count
+        mean = m.s.sum(axis=0) / cnt
+        dev = np.where(m.count > 0, m.count * (mean_n - mean) ** 2, 0.0)
+        var = (m.m2.sum(axis=0) + dev.sum(axis=0)) / cnt
+    return mean, var
+
+
 def sweep(run: Run, probes: ProbeSet | None = None, *, taps: Sequence[str] | None = None,
           engine: RunEngine | None = None, options: SweepOptions = SweepOptions(),
           progress: Progress | None = None, stop: threading.Event | None = None,
@@ -274,6 +336,7 @@ def sweep(run: Run, probes: ProbeSet | None = None, *, taps: Sequence[str] | Non
     kinds, depth = _kind_depth(engine)
     bn_inputs = _bn_inputs(engine)
     out_tap = _output_tap(engine)
+    raw_names = raw_taps(engine, out_tap)
     result = SweepResult(run.name, probes.ids, layer_order=tuple(engine.taps),
                          se_blocks=tuple(b.name for b in engine.se_blocks))
     result.problems.extend(run.problems)
@@ -318,13 +381,19 @@ def sweep(run: Run, probes: ProbeSet | None = None, *, taps: Sequence[str] | Non
                 result.problems.append(f"{c.path}: {e}")
                 prev_sel, prev_identity = None, None
                 continue
-            acts = engine.extractor.run(wv, engine.preprocess(probes.images))
-            tabs = checkpoint_tables(engine, c.mini_epoch, acts, probes, weights, wv, options, kinds, depth,
-                                     bn_inputs, out_tap)
-            del acts
+            red, acts = engine.extractor.run_reduced(wv, engine.preprocess(probes.images), raw=raw_names)
+            moments = {t: to_moments(d) for t, d in red.items()}
+            bad = [t for t, m in moments.items() if not np.isfinite(m.s).all()]
+            if bad:  # NaN/Inf somewhere: redo those taps with masked numpy statistics
+                redo = engine.extractor.run(wv, engine.preprocess(probes.images))
+                moments.update({t: S.moments(redo[t]) for t in bad})
+                del redo
+            tabs = checkpoint_tables(engine, c.mini_epoch, moments, acts, probes, weights, wv, options, kinds,
+                                     depth, bn_inputs, out_tap)
+            del acts, red, moments
             layout.root.mkdir(parents=True, exist_ok=True)
             for t in TABLES:
-                atomic_write_bytes(layout.part(c.mini_epoch, t), _frame_bytes(tabs[t]))
+                atomic_write_bytes(layout.part(c.mini_epoch, t), _frame_bytes(tabs[t]), fsync=False)
                 parts[t].append(tabs[t])
             atomic_write_json(layout.stamp(c.mini_epoch), {"identity": ident})
         else:
@@ -345,7 +414,7 @@ def sweep(run: Run, probes: ProbeSet | None = None, *, taps: Sequence[str] | Non
                 bt = pd.DataFrame(W.batchnorm_stats(c.mini_epoch, weights))
                 for t, df in (("weights", wt), ("batchnorm", bt)):
                     df.insert(0, "run", run.name)
-                    atomic_write_bytes(layout.part(c.mini_epoch, t), _frame_bytes(df))
+                    atomic_write_bytes(layout.part(c.mini_epoch, t), _frame_bytes(df), fsync=False)
                     parts[t].append(df)
                 atomic_write_json(layout.stamp(c.mini_epoch, "w"), {"identity": w_ident})
         prev_identity = ident

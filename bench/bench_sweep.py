@@ -1,0 +1,175 @@
+"""Sweep benchmark: per-checkpoint cost of the floor, our sweep and the naive way, measured in one run.
+
+    python bench/bench_sweep.py [--quick] [--skip-224] [--skip-memory]
+
+floor  = read the checkpoint's weight arrays + one traced forward pass of the probe batch
+sweep  = core.sweep.sweep (no cache): read + forward + every statistics table written to Parquet
+         ("stats only": SweepOptions(train_mode=False, gradients=False); "full": also the training-mode
+         pass and per-layer gradients)
+naive  = keras.models.load_model per checkpoint + one sub-model per tapped layer + predict
+Memory: peak RSS of a 200-checkpoint sweep against a 20-checkpoint sweep (separate processes).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+
+def make_bench_run(root: Path, name: str, arch, n_ckpt: int, n_probe: int, seed: int = 0) -> Path:
+    """A run with ``n_ckpt + 1`` checkpoints of drifting random weights (timing does not need training)."""
+    from core.models import build_seed_net
+    from core.runs import RunWriter, make_manifest, model_weights
+
+    model = build_seed_net(arch, seed=seed)
+    rng = np.random.default_rng(seed)
+    s = arch.input_size
+    probes = (rng.integers(0, 256, (n_probe, s, s, arch.input_channels), dtype=np.uint8),
+              rng.integers(0, arch.num_classes, n_probe))
+    w = RunWriter(root / name)
+    w.create(make_manifest(name, (s, s, arch.input_channels), preprocessing={"kind": "scale01"},
+                           training={"arch": arch.to_dict()}), model=model, probes=probes)
+    base = model_weights(model)
+    for k in range(n_ckpt + 1):
+        cur = {p: (a + 0.01 * k * rng.standard_normal(a.shape).astype(a.dtype)) if "moving_variance" not in p
+               else a for p, a in base.items()}
+        w.write_checkpoint(k, cur)
+    return root / name
+
+
+def time_floor(run_dir: Path) -> float:
+    """Seconds per checkpoint: weights read + one traced forward pass (all taps) of the probe batch."""
+    from core.engine import RunEngine
+    from core.runs import Run
+
+    run = Run(run_dir)
+    eng = RunEngine(run)
+    x = eng.preprocess(run.probes()[0])
+    ckpts = run.checkpoints()
+    eng.extractor.run(eng.weight_values(eng.read_weights(ckpts[0])), x)  # trace once
+    t = time.perf_counter()
+    for c in ckpts:
+        out = eng.extractor.run(eng.weight_values(eng.read_weights(c)), x)
+        del out
+    return (time.perf_counter() - t) / len(ckpts)
+
+
+def time_sweep(run_dir: Path, full: bool) -> float:
+    from core.engine import RunEngine
+    from core.runs import Run
+    from core.sweep import SweepOptions, sweep
+
+    run = Run(run_dir)
+    eng = RunEngine(run)
+    opts = SweepOptions() if full else SweepOptions(train_mode=False, gradients=False)
+    sweep(run, engine=eng, options=opts, mini_epochs=[0], use_cache=False)  # trace once
+    shutil.rmtree(run.cache_dir, ignore_errors=True)
+    t = time.perf_counter()
+    sweep(run, engine=eng, options=opts, use_cache=False)
+    return (time.perf_counter() - t) / len(run.checkpoints())
+
+
+def time_naive(run_dir: Path, n: int) -> float:
+    """load_model per checkpoint + a sub-model per tapped layer + predict (what a hand-written script does)."""
+    import keras
+
+    from core.engine import RunEngine
+    from core.runs import Run, assign_weights
+
+    run = Run(run_dir)
+    eng = RunEngine(run)
+    taps = [t for t in eng.taps if "/" not in t]
+    x = eng.preprocess(run.probes()[0])
+    files = []
+    tmp = Path(tempfile.mkdtemp())
+    for c in run.checkpoints()[:n]:  # full model files per checkpoint, as ModelCheckpoint writes them
+        m = keras.models.load_model(run.architecture_path)
+        assign_weights(m, run.read_weights(c))
+        f = tmp / f"m{c.mini_epoch}.keras"
+        m.save(f)
+        files.append(f)
+    t = time.perf_counter()
+    for f in files:
+        m = keras.models.load_model(f)
+        for name in taps:
+            sub = keras.Model(m.input, m.get_layer(name).output)
+            sub.predict(x, verbose=0)
+    dt = (time.perf_counter() - t) / len(files)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return dt
+
+
+def peak_rss_of_sweep(run_dir: Path) -> float:
+    code = ("import resource,sys; sys.path.insert(0, %r)\n"
+            "from core.runs import Run\nfrom core.sweep import sweep, SweepOptions\n"
+            "sweep(Run(%r), options=SweepOptions(train_mode=False, gradients=False), use_cache=False)\n"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)") % (str(Path(__file__).resolve().parents[1]),
+                                                                           str(run_dir))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return int(out.stdout.strip().splitlines()[-1]) / 1024.0
+
+
+def bench_case(root: Path, label: str, arch, n_ckpt: int, n_probe: int, n_naive: int) -> dict:
+    d = make_bench_run(root, label, arch, n_ckpt, n_probe)
+    floor = time_floor(d)
+    stats_only = time_sweep(d, full=False)
+    full = time_sweep(d, full=True)
+    naive = time_naive(d, n_naive)
+    r = {"case": label, "floor_ms": floor * 1e3, "sweep_ms": stats_only * 1e3, "sweep_full_ms": full * 1e3,
+         "naive_ms": naive * 1e3, "sweep/floor": stats_only / floor, "sweep_full/floor": full / floor,
+         "naive/sweep": naive / stats_only, "naive/sweep_full": naive / full}
+    print(f"\n== {label}: {n_ckpt + 1} checkpoints, {n_probe} probe images")
+    print(f"  floor (read + forward)   {floor * 1e3:8.1f} ms/ckpt")
+    print(f"  sweep, statistics        {stats_only * 1e3:8.1f} ms/ckpt   {stats_only / floor:5.2f} x floor (target <= 1.3)")
+    print(f"  sweep, + train mode/grad {full * 1e3:8.1f} ms/ckpt   {full / floor:5.2f} x floor")
+    print(f"  naive (load_model+predict){naive * 1e3:7.1f} ms/ckpt   {naive / stats_only:5.1f} x slower than sweep "
+          f"(target >= 10), {naive / full:5.1f} x the full sweep")
+    return r
+
+
+def main() -> int:
+    from core.models import ArchConfig
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fewer checkpoints")
+    ap.add_argument("--skip-224", action="store_true")
+    ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--json", type=Path, help="also write the numbers here")
+    args = ap.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="ade-bench-"))
+    results = []
+    try:
+        n = 5 if args.quick else 10
+        results.append(bench_case(root, "demo-net-64px", ArchConfig(), n, 32, 3))
+        if not args.skip_224:
+            seed_arch = dataclasses.replace(ArchConfig(), input_size=224, widths=(64, 96, 128, 192, 256))
+            results.append(bench_case(root, "seed-size-1.5M-224px", seed_arch, 3 if args.quick else 5, 8, 2))
+        if not args.skip_memory:
+            small = dataclasses.replace(ArchConfig(), widths=(16, 16, 24, 24, 32))
+            d20 = make_bench_run(root, "mem20", small, 20, 16)
+            d200 = make_bench_run(root, "mem200", small, 200, 16)
+            m20, m200 = peak_rss_of_sweep(d20), peak_rss_of_sweep(d200)
+            print(f"\n== memory: peak RSS 20 ckpts {m20:.0f} MB, 200 ckpts {m200:.0f} MB: "
+                  f"{(m200 / m20 - 1) * 100:+.1f} % (target <= +10 %)")
+            results.append({"case": "memory", "rss20_mb": m20, "rss200_mb": m200, "ratio": m200 / m20})
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
