@@ -135,4 +135,132 @@ def cmd_demo(args) -> int:
     return 0
 
 
-COMMANDS: list[Callable[[Any], None]] = [add_train, add_demo]
+# -- sweep / export -------------------------------------------------------------
+def _open(args):
+    from core.runs import Run
+
+    run = Run(_run_path(args.run, args.runs_root))
+    try:
+        _ = run.manifest
+    except RunError as e:
+        raise UserError(str(e)) from None
+    return run
+
+
+def _probe_set(run, paths: list[Path] | None, fit: str):
+    from core.engine import ProbeSet, run_probe_set
+    from core.images import ImageError, load_probe_image
+
+    if not paths:
+        return run_probe_set(run)
+    h, w, c = run.manifest.input_shape
+    imgs = []
+    for p in paths:
+        try:
+            imgs.append(load_probe_image(p, (h, w), channels=c, fit=fit))
+        except ImageError as e:
+            raise UserError(f"{p}: {e}") from None
+    import numpy as np
+
+    return ProbeSet(tuple(f"file:{Path(p).name}" for p in paths), np.stack(imgs), np.full(len(imgs), -1, np.int64))
+
+
+def run_sweep_cli(args):
+    """Sweep with a progress bar; shared by sweep, export and diagnose."""
+    from core.sweep import SweepOptions, sweep
+
+    run = _open(args)
+    probes = _probe_set(run, getattr(args, "probe", None), getattr(args, "fit", "crop"))
+    n = len(run.checkpoints())
+    bar = _bar(n, f"sweep {run.name}", unit="ckpt")
+
+    def progress(done: int, total: int, msg: str) -> None:
+        bar.n = done
+        bar.set_postfix_str(msg, refresh=False)
+        bar.refresh()
+
+    try:
+        res = sweep(run, probes, progress=progress,
+                    options=SweepOptions(train_mode=not getattr(args, "fast", False),
+                                         gradients=not getattr(args, "fast", False)))
+    except RunError as e:
+        raise UserError(str(e)) from None
+    finally:
+        bar.close()
+    for p in res.problems:
+        print(f"warning: {p}", file=sys.stderr)
+    return run, res
+
+
+def _add_run_args(p, probes: bool = True) -> None:
+    p.add_argument("run", help="run name under --runs-root, or a path to a run folder")
+    p.add_argument("--runs-root", type=Path, default=runs_root_from_env())
+    if probes:
+        p.add_argument("--probe", type=Path, nargs="*", help="probe image files (default: the run's probe set)")
+        p.add_argument("--fit", choices=["crop", "pad"], default="crop", help="how images are fitted to the input")
+        p.add_argument("--fast", action="store_true", help="skip the training-mode pass and gradient norms")
+
+
+def add_sweep(sub) -> None:
+    p = sub.add_parser("sweep", help="compute (and cache) all statistics of a run across its checkpoints")
+    _add_run_args(p)
+    p.set_defaults(func=cmd_sweep)
+
+
+def cmd_sweep(args) -> int:
+    run, res = run_sweep_cli(args)
+    print(f"{run.name}: {len(res.mini_epochs)} checkpoints, {len(res.layer_order)} taps, "
+          f"{len(res.se_blocks)} SE blocks, {len(res.probe_ids)} probe images; "
+          f"tables cached in {run.cache_dir}")
+    return 0
+
+
+def add_export(sub) -> None:
+    from core.sweep import TABLES, WEIGHT_TABLES
+
+    p = sub.add_parser("export", help="export the statistics tables to CSV or Parquet")
+    _add_run_args(p)
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--format", choices=["csv", "parquet"], default="csv")
+    p.add_argument("--tables", nargs="*", choices=[*TABLES, *WEIGHT_TABLES], help="default: all")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args) -> int:
+    run, res = run_sweep_cli(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name in args.tables or list(res.tables):
+        df = res.tables.get(name)
+        if df is None or df.empty:
+            print(f"{name}: empty, skipped", file=sys.stderr)
+            continue
+        df = df.assign(probe_id=df["probe"].map(dict(enumerate(res.probe_ids)))) if "probe" in df else df
+        path = args.out / f"{run.name}.{name}.{args.format}"
+        if args.format == "csv":
+            df.to_csv(path, index=False)
+        else:
+            df.to_parquet(path, index=False)
+        print(f"wrote {path} ({len(df)} rows)")
+    return 0
+
+
+def _lazy(module: str, fn: str) -> Callable[[Any], None]:
+    """Register a sub-command defined in another module, skipping it if that module is absent."""
+    def register(sub) -> None:
+        import importlib
+
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
+            return
+        getattr(mod, fn)(sub)
+
+    return register
+
+
+COMMANDS: list[Callable[[Any], None]] = [add_train, add_demo, add_sweep, add_export,
+                                         _lazy("core.importer", "add_import"),
+                                         _lazy("core.diagnose", "add_diagnose"),
+                                         _lazy("core.report", "add_report")]

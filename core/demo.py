@@ -11,7 +11,7 @@ from core.runs import MANIFEST, Run
 from core.trainer import TrainConfig, train
 
 _BASE = TrainConfig(arch=ArchConfig(), train_images=8000, val_images=400, probe_images=32,
-                    batch_size=64, mini_epoch_images=2000, mini_epochs=10, seed=0)
+                    batch_size=64, mini_epoch_images=2000, mini_epochs=8, seed=0)
 
 DEMOS: dict[str, TrainConfig] = {
     # Adam 5e-4 with BatchNorm and SE: trains cleanly.
