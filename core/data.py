@@ -41,7 +41,10 @@ _BASE_CLASSES = len(SHAPES) * len(TEXTURES) * len(COLOURS)
 MAX_CLASSES = _BASE_CLASSES * len(EDGES)
 SPLITS: dict[str, int] = {"train": 0, "val": 1, "probe": 2}
 
-_N_PARAMS = 48  # uniforms drawn per image, in a fixed order (see _draw_params)
+# Uniforms drawn per image, columns: 0-7 background, 8-15 and 30-31 distractor, 16-29 object
+# and texture, 32-47 background blotch grid. Changing the count changes every image (the noise
+# bytes come next from the same per-image stream).
+_N_PARAMS = 48
 _SECONDARY = 0.35  # texture's second colour = primary * this (same hue, darker)
 _OUTLINE = 240.0
 
@@ -282,7 +285,11 @@ def _render_chunk(cfg: SyntheticConfig, labels: np.ndarray, u: np.ndarray, noise
         d = np.where(_col(shape == 0), _sdf_circle(dx, dy),
                      np.where(_col(shape == 1), _sdf_square(dx, dy), _sdf_triangle(dx, dy)))
         m = np.clip(0.5 - d * ds * half, 0, 1)[..., None]
-        colour = (255 * u[sel, 13:16]).astype(np.float32)[:, None, None, :]
+        # Half the distractors take a class palette colour, so colour alone cannot name the class.
+        palette = np.array([c for _, c in COLOURS], np.float64)
+        pick = palette[np.minimum((u[sel, 31] * len(COLOURS)).astype(int), len(COLOURS) - 1)]
+        colour = np.where((u[sel, 30] < 0.5)[:, None], pick, 255 * u[sel, 13:16])
+        colour = colour.astype(np.float32)[:, None, None, :]
         img[sel] = img[sel] * (1 - m) + colour * m
 
     # Object frame: translate, rotate, scale, mirror, mild stretch.

@@ -80,5 +80,8 @@ class RunEngine:
 
     def activations(self, ckpt: Checkpoint, images: np.ndarray) -> dict[str, np.ndarray]:
         """Every tap for uint8 images (N, H, W, C) at checkpoint ``ckpt``: {tap: (N, ...)}."""
-        wv = self.weight_values(self.read_weights(ckpt))
+        try:
+            wv = self.weight_values(self.read_weights(ckpt))
+        except ValueError as e:  # a checkpoint of another architecture: say which file
+            raise ValueError(f"{ckpt.path}: {e}") from e
         return self.extractor.run(wv, self.preprocess(images))

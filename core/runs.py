@@ -445,9 +445,13 @@ def list_runs(root: str | os.PathLike) -> list[RunInfo]:
     root = Path(root)
     if not root.is_dir():
         return []
+    root_r = root.resolve()
     out = []
     for d in sorted(root.iterdir()):
         if not d.is_dir() or d.name.startswith(".") or not (d / MANIFEST).exists():
+            continue
+        if d.resolve().parent != root_r:  # a symlinked run leaving the root: say so, read nothing there
+            out.append(RunInfo(d.name, d, f"{d}: resolves outside the runs root {root_r}; refused", 0))
             continue
         run = Run(d)
         try:

@@ -1,8 +1,8 @@
 """Find squeeze-and-excitation blocks in a functional Keras model by graph structure, not by names."""
 from __future__ import annotations
 
-from collections.abc import Iterator
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 

@@ -6,6 +6,7 @@ import io
 import json
 import math
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -266,8 +267,11 @@ def checkpoint_tables(engine: RunEngine, me: int, moments: Mapping[str, S.Moment
         with np.errstate(all="ignore"):
             shift = np.abs(bmean - mm) / np.sqrt(mv + 1e-3)
             ratio = bvar / (mv + 1e-3)
+        # all-NaN (NaN weights): NaN without numpy's "Mean of empty slice" warning on every checkpoint
+        finite_s, finite_r = ~np.isnan(shift), ~np.isnan(ratio)
         bn_rows.append({"run": run, "mini_epoch": me, "layer": bn, "input": src,
-                        "mean_shift": float(np.nanmean(shift)), "var_ratio": float(np.nanmedian(ratio))})
+                        "mean_shift": float(np.mean(shift[finite_s])) if finite_s.any() else math.nan,
+                        "var_ratio": float(np.median(ratio[finite_r])) if finite_r.any() else math.nan})
     out["bn_batch"] = pd.DataFrame(bn_rows)
     n_nan = int(sum(np.isnan(v).sum() for v in weights.values() if v.dtype.kind == "f"))
     n_inf = int(sum(np.isinf(v).sum() for v in weights.values() if v.dtype.kind == "f"))
@@ -345,6 +349,9 @@ def sweep(run: Run, probes: ProbeSet | None = None, *, taps: Sequence[str] | Non
     prev_sel: dict | None = None
     prev_identity: list | None = None
     all_ckpts = run.checkpoints()
+    act_slots: list = []  # per swept checkpoint: its activation tables, or a Future of them
+    inflight = None
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweep-tables")
     for i, c in enumerate(ckpts):
         if stop is not None and stop.is_set():
             result.problems.append("sweep stopped before the end; run it again to continue")
@@ -355,8 +362,7 @@ def sweep(run: Run, probes: ProbeSet | None = None, *, taps: Sequence[str] | Non
         have_w = use_cache and (not options.weights or layout.valid(c.mini_epoch, w_ident, "w"))
         try:
             if have_acts and have_w:
-                for t in TABLES:
-                    parts[t].append(_read_part(layout.part(c.mini_epoch, t)))
+                act_slots.append({t: _read_part(layout.part(c.mini_epoch, t)) for t in TABLES})
                 if options.weights:
                     for t in WEIGHT_TABLES:
                         parts[t].append(_read_part(layout.part(c.mini_epoch, t)))
@@ -388,17 +394,25 @@ def sweep(run: Run, probes: ProbeSet | None = None, *, taps: Sequence[str] | Non
                 redo = engine.extractor.run(wv, engine.preprocess(probes.images))
                 moments.update({t: S.moments(redo[t]) for t in bad})
                 del redo
-            tabs = checkpoint_tables(engine, c.mini_epoch, moments, acts, probes, weights, wv, options, kinds,
-                                     depth, bn_inputs, out_tap)
+            if inflight is not None:  # at most one checkpoint post-processing at a time: memory stays flat
+                inflight.result()
+
+            def finish(me=c.mini_epoch, ident=ident, moments=moments, acts=acts, weights=weights, wv=wv):
+                tabs = checkpoint_tables(engine, me, moments, acts, probes, weights, wv, options, kinds,
+                                         depth, bn_inputs, out_tap)
+                layout.root.mkdir(parents=True, exist_ok=True)
+                for t in TABLES:
+                    atomic_write_bytes(layout.part(me, t), _frame_bytes(tabs[t]), fsync=False)
+                atomic_write_json(layout.stamp(me), {"identity": ident})
+                return tabs
+
+            # Tables and Parquet are numpy/pandas work; the next forward pass runs in TensorFlow
+            # (GIL released) meanwhile, so the sweep costs about max(forward, tables), not the sum.
+            inflight = pool.submit(finish)
+            act_slots.append(inflight)
             del acts, red, moments
-            layout.root.mkdir(parents=True, exist_ok=True)
-            for t in TABLES:
-                atomic_write_bytes(layout.part(c.mini_epoch, t), _frame_bytes(tabs[t]), fsync=False)
-                parts[t].append(tabs[t])
-            atomic_write_json(layout.stamp(c.mini_epoch), {"identity": ident})
         else:
-            for t in TABLES:
-                parts[t].append(_read_part(layout.part(c.mini_epoch, t)))
+            act_slots.append({t: _read_part(layout.part(c.mini_epoch, t)) for t in TABLES})
         if options.weights:
             if init_w is None:
                 init_w = _init_weights(engine, all_ckpts, c, weights)
@@ -420,6 +434,13 @@ def sweep(run: Run, probes: ProbeSet | None = None, *, taps: Sequence[str] | Non
         prev_identity = ident
         if progress:
             progress(i + 1, len(ckpts), f"mini-epoch {c.mini_epoch}")
+    try:
+        for slot in act_slots:
+            tabs = slot.result() if isinstance(slot, Future) else slot
+            for t in TABLES:
+                parts[t].append(tabs[t])
+    finally:
+        pool.shutdown(wait=True)
     for t, ps in parts.items():
         ps = [p for p in ps if len(p)]
         result.tables[t] = S.concat_frames(ps) if ps else pd.DataFrame()

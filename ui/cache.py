@@ -1,13 +1,50 @@
-"""All Streamlit caching lives here; cached functions take plain keys (paths, mtimes, names)."""
+"""All Streamlit caching lives here; cached functions take plain keys (paths, mtimes, identities, hashes)."""
 from __future__ import annotations
 
-import os
+import hashlib
+import threading
 from pathlib import Path
+from typing import Any, Callable
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.runs import MANIFEST, HISTORY, Run, RunInfo, list_runs, open_run
+from core.runs import HISTORY, MANIFEST, PROBES, Checkpoint, Run, RunInfo, list_runs, open_run
+
+
+def _keep_keras_session() -> None:
+    """Stop Streamlit from calling ``keras.backend.clear_session()`` after every script run.
+
+    Streamlit does it to free models built inside a script; here models live only in
+    ``st.cache_resource``. Measured with TensorFlow loaded: each call costs a full
+    ``gc.collect`` (~150-350 ms) and flushes TensorFlow's kernel cache, which makes the next
+    forward pass ~5x slower (26 -> 140 ms) - on every rerun, i.e. every scrub step.
+    """
+    try:
+        from streamlit.runtime.scriptrunner import script_runner
+    except ImportError:  # a Streamlit without that module: nothing to undo
+        return
+    if hasattr(script_runner, "_clean_problem_modules"):
+        script_runner._clean_problem_modules = lambda: None
+
+
+_keep_keras_session()
+try:  # Altair validates every object it builds in "debug mode"; charts here are built by tested code
+    import altair as _alt
+
+    _alt.utils.schemapi.disable_debug_mode()
+except (ImportError, AttributeError):
+    pass
+
+#: Sweep options of a one-image sweep (grid page: fixed colour scale, channel trajectories).
+IMAGE_SWEEP = dict(train_mode=False, gradients=False, weights=False)
+
+# Sweeps known to be complete on disk in this process: (run_path, ckpt_stamp, probe_key, trust, kind).
+_COMPLETE: set[tuple] = set()
+# A result just computed with a progress bar, handed to the cached loader so it is not read twice.
+_HANDOFF: dict[tuple, Any] = {}
+_HANDOFF_LOCK = threading.Lock()
 
 
 def _mtime(p: Path) -> int:
@@ -21,6 +58,23 @@ def dir_stamp(path: Path) -> tuple[int, int]:
     """A cheap key that changes when files are added to or replaced in a run."""
     ck = path / "checkpoints"
     return (_mtime(path / MANIFEST), _mtime(path / HISTORY) + _mtime(ck))
+
+
+def ckpt_key(c: Checkpoint) -> tuple[int, str, str, int, int]:
+    """A checkpoint as a plain cache key: (mini_epoch, path, kind, size, mtime_ns)."""
+    return (c.mini_epoch, str(c.path), c.kind, c.size, c.mtime_ns)
+
+
+def ckpt_stamp(ckpts: list[Checkpoint]) -> tuple:
+    """Identity of a run's whole checkpoint list (changes when one is added or rewritten)."""
+    return tuple((c.mini_epoch, c.size, c.mtime_ns) for c in ckpts)
+
+
+def arch_mtime(run: Run) -> int:
+    try:
+        return _mtime(run.architecture_path)
+    except Exception:  # a broken manifest: the engine call reports it
+        return 0
 
 
 @st.cache_data(ttl=5, show_spinner=False)
@@ -51,3 +105,219 @@ def architecture_table(run_path: str, arch_mtime: int, trust: bool = False) -> p
     from core.architecture import architecture_table as table
 
     return table(model(run_path, arch_mtime, trust))
+
+
+@st.cache_resource(show_spinner="Building the extraction engine (once per run)…", max_entries=8)
+def engine(run_path: str, arch_mtime: int, trust: bool = False):
+    """The run's RunEngine (model + traced forward pass); thread-safe, shared by every session."""
+    from core.engine import RunEngine
+
+    return RunEngine(Run(run_path), trust=trust)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def probe_set(run_path: str, probes_mtime: int) -> tuple[np.ndarray, np.ndarray]:
+    """The run's probe set: x uint8 (N, H, W, C), y int64 (N,)."""
+    return Run(run_path).probes()
+
+
+def probes_mtime(run: Run) -> int:
+    return _mtime(run.path / PROBES)
+
+
+def digest(data: bytes) -> str:
+    """Short content hash used as the key of uploaded bytes."""
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def decode_image(key: str, size: tuple[int, int], channels: int, _src: bytes | str) -> tuple[np.ndarray | None, str | None]:
+    """(uint8 (H, W, C) image, None) or (None, the ImageError message) for an upload or a file.
+
+    ``key`` identifies ``_src``: the content hash of uploaded bytes, or path + mtime of a file.
+    """
+    from core.images import ImageError, load_probe_image
+
+    try:
+        return load_probe_image(_src, size, channels=1 if channels == 1 else 3), None
+    except ImageError as e:
+        return None, str(e)
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def image_activations(run_path: str, arch: int, ckpt: tuple, image_key: str, trust: bool,
+                      _image: np.ndarray) -> dict[str, np.ndarray]:
+    """Every tap of ONE probe image at ONE checkpoint: {tap: (1, ...)} (read-only arrays).
+
+    ``ckpt`` is ``ckpt_key(checkpoint)``; ``image_key`` identifies ``_image`` uint8 (H, W, C).
+    Kept for few entries: at 224 px all taps of one image are ~170 MB.
+    """
+    me, path, kind, size, mtime = ckpt
+    eng = engine(run_path, arch, trust)
+    acts = eng.activations(Checkpoint(me, Path(path), kind, size, mtime), _image[None])
+    for a in acts.values():
+        a.flags.writeable = False
+    return acts
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def image_layer(run_path: str, arch: int, ckpt: tuple, image_key: str, layer: str, trust: bool,
+                _image: np.ndarray) -> np.ndarray:
+    """One tap of one probe image at one checkpoint: (1, ...) read-only (scrubbing keeps these)."""
+    return image_activations(run_path, arch, ckpt, image_key, trust, _image)[layer]
+
+
+def _probe_set_of(run_path: str):
+    from core.engine import run_probe_set
+
+    return run_probe_set(Run(run_path))
+
+
+def _image_probes(image_key: str, image: np.ndarray):
+    from core.engine import single_probe
+
+    return single_probe(image, image_key)
+
+
+def _do_sweep(run_path: str, arch: int, trust: bool, probes, options: dict,
+              progress: Callable[[int, int, str], None] | None = None):
+    from core.sweep import SweepOptions, sweep
+
+    return sweep(Run(run_path), probes, engine=engine(run_path, arch, trust),
+                 options=SweepOptions(**options), progress=progress)
+
+
+@st.cache_data(show_spinner="Reading the statistics…", max_entries=6)
+def sweep_tables(run_path: str, ckpt_stamp: tuple, probe_key: str, arch: int = 0, trust: bool = False):
+    """SweepResult of the run's probe set over every checkpoint (computed or read from the run's cache)."""
+    key = (run_path, ckpt_stamp, probe_key, trust, "probes")
+    with _HANDOFF_LOCK:
+        r = _HANDOFF.pop(key, None)
+    return r if r is not None else _do_sweep(run_path, arch, trust, _probe_set_of(run_path), {})
+
+
+@st.cache_data(show_spinner="Reading the statistics…", max_entries=16)
+def image_sweep(run_path: str, ckpt_stamp: tuple, image_key: str, arch: int = 0, trust: bool = False,
+                _image: np.ndarray | None = None):
+    """SweepResult of ONE image (``_image`` uint8 (H, W, C), identified by ``image_key``) over every checkpoint."""
+    key = (run_path, ckpt_stamp, image_key, trust, "image")
+    with _HANDOFF_LOCK:
+        r = _HANDOFF.pop(key, None)
+    return r if r is not None else _do_sweep(run_path, arch, trust, _image_probes(image_key, _image), IMAGE_SWEEP)
+
+
+def is_swept(run_path: str, ckpt_stamp: tuple, key: str, trust: bool, kind: str) -> bool:
+    """True when this process already completed that sweep (its tables load without computing)."""
+    return (run_path, ckpt_stamp, key, trust, kind) in _COMPLETE
+
+
+def swept(run: Run, stamp: tuple, trust: bool, *, image_key: str | None = None,
+          image: np.ndarray | None = None, where: Any = None, label: str = "") -> Any:
+    """The SweepResult of the run's probe set (``image_key`` None) or of one image.
+
+    When this process has not completed that sweep yet, compute it here with an
+    ``st.progress`` bar in ``where`` (the sweep writes each checkpoint to the run's
+    cache as it goes, so leaving the page and coming back resumes it).
+    """
+    rp, arch = str(run.path), arch_mtime(run)
+    if image_key is None:
+        probe_key, kind = _probe_key(run), "probes"
+    else:
+        probe_key, kind = image_key, "image"
+    key = (rp, stamp, probe_key, trust, kind)
+    if key not in _COMPLETE:
+        where = where if where is not None else st
+        n = len(stamp)
+        bar = where.progress(0.0, text=f"{label or 'Computing statistics'}: 0 / {n} checkpoints")
+
+        def progress(done: int, total: int, msg: str) -> None:
+            bar.progress(done / max(total, 1), text=f"{label or 'Computing statistics'}: {done} / {total} "
+                                                    f"checkpoints ({msg})")
+
+        probes = _probe_set_of(rp) if image_key is None else _image_probes(image_key, image)
+        result = _do_sweep(rp, arch, trust, probes, {} if image_key is None else IMAGE_SWEEP, progress)
+        bar.empty()
+        with _HANDOFF_LOCK:
+            _HANDOFF[key] = result
+        _COMPLETE.add(key)
+    if image_key is None:
+        return sweep_tables(rp, stamp, probe_key, arch, trust)
+    return image_sweep(rp, stamp, probe_key, arch, trust, _image=image)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _probe_key_cached(run_path: str, probes_mtime: int) -> str:
+    return _probe_set_of(run_path).key
+
+
+def _probe_key(run: Run) -> str:
+    return _probe_key_cached(str(run.path), probes_mtime(run))
+
+
+def diagnose_available() -> bool:
+    """True when ``core.diagnose`` (written separately) can be imported."""
+    try:
+        import core.diagnose  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def findings(run_path: str, ckpt_stamp: tuple, probe_key: str, hist_stamp: tuple, arch: int = 0,
+             trust: bool = False) -> list:
+    """Findings of ``core.diagnose.diagnose`` for the run's probe-set sweep (empty without the module)."""
+    try:
+        from core.diagnose import diagnose
+    except ImportError:
+        return []
+    result = sweep_tables(run_path, ckpt_stamp, probe_key, arch, trust)
+    hist, _ = history(run_path, hist_stamp)
+    return list(diagnose(result, hist, Run(run_path).manifest))
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def chart_spec(name: str, deps: tuple, _build: Callable[[], Any]) -> dict:
+    """The Vega-Lite spec (data inline) of chart ``name`` built by ``_build() -> (chart, table)``.
+
+    ``deps`` must hold every plain value the chart depends on (run path, checkpoint stamp,
+    probe key, layer, options): building and validating an Altair chart costs ~0.1-0.3 s,
+    so reruns that do not change a chart's inputs reuse its spec.
+    """
+    chart, _ = _build()
+    return chart.to_dict(validate=False)
+
+
+@st.cache_data(show_spinner=False, max_entries=128)
+def grid_png(run_path: str, ckpt: tuple, image_key: str, layer: str, settings: tuple,
+             _maps: np.ndarray, _base: np.ndarray | None = None) -> bytes:
+    """The channel grid as PNG bytes; ``settings`` = (mode, cmap, fixed, sort, page, per_page, tile_px, alpha, selected).
+
+    ``_maps`` (C, H, W) and ``_base`` (the probe image) are what (run_path, ckpt, image_key, layer)
+    identify, so revisiting a checkpoint or re-running the page costs no drawing.
+    """
+    from core import grids
+
+    mode, cmap, fixed, sort, page, per_page, tile_px, alpha, selected = settings
+    g = grids.grid_image(_maps, mode=mode, cmap=cmap, fixed=fixed, sort=sort, page=page, per_page=per_page,
+                         tile_px=tile_px, base=_base, alpha=alpha, selected=selected)
+    return grids.to_png(g.pixels)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def colorbar_png(cmap: str, lo: float | None, hi: float | None, low_text: str | None = None,
+                 high_text: str | None = None) -> bytes:
+    """A colour bar (see ``core.grids.colorbar``) as PNG bytes."""
+    from core import grids
+
+    return grids.to_png(grids.colorbar(cmap, lo, hi, low_text=low_text, high_text=high_text))
+
+
+@st.cache_data(show_spinner=False, max_entries=128)
+def channel_view_png(run_path: str, ckpt: tuple, image_key: str, layer: str, channel: int, scale: tuple,
+                     _map: np.ndarray, _base: np.ndarray | None = None) -> bytes:
+    """The large view of one channel as PNG bytes; ``scale`` = (lo, hi, cmap, size, alpha)."""
+    from core import grids
+
+    lo, hi, cmap, size, alpha = scale
+    return grids.to_png(grids.channel_view(_map, lo, hi, cmap, size, _base, alpha))

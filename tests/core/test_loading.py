@@ -155,7 +155,8 @@ def test_read_legacy_weights_only(files: dict[str, Path], tmp_path: Path) -> Non
     out = tmp_path / "w.h5"
     _legacy_weights_only(files["h5"], out)
     got = read_weights_file(out, small_net(seed=3))
-    np.testing.assert_array_equal(got["block2_se_expand/bias"], expected_weights(files["keras"])["block2_se_expand/bias"])
+    ref = expected_weights(files["keras"])
+    np.testing.assert_array_equal(got["block2_se_expand/bias"], ref["block2_se_expand/bias"])
 
 
 def test_other_architecture_is_rejected_with_names(files: dict[str, Path]) -> None:

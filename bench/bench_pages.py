@@ -1,0 +1,134 @@
+"""Channel-grid page benchmark: the page script end to end, server side (AppTest), against the floor.
+
+    python bench/bench_pages.py [--run data/runs/demo-troubled] [--repeat 10] [--layer NAME]
+
+(a) cached    the page at a checkpoint whose activations are already extracted (a rerun, or scrubbing
+              back to a checkpoint seen before): only drawing. Target <= 150 ms.
+(b) uncached  the page after moving the scrubber to a checkpoint not extracted yet: read its weights,
+              one forward pass of the probe image, draw. Target <= 1.5x the floor.
+floor         read the checkpoint's weights + one traced forward pass of the same image (batch 1),
+              measured in this process with the same engine.
+Ratios printed: (b) / floor, and (b - a) / floor (the extraction part of (b) against the floor).
+The run defaults to data/runs/demo-troubled when it exists, else a temporary tiny run is trained.
+AppTest compiles the page on every run (a server caches it); "magic" is switched off here so
+that this artifact costs ~5 ms instead of ~70 ms.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def pick_run(arg: str | None, tmp: Path) -> Path:
+    """The run to measure: ``arg``, else data/runs/demo-troubled if it has >= 3 checkpoints, else a tiny run."""
+    from core.runs import Run
+
+    if arg:
+        return Path(arg).resolve()
+    demo = REPO / "data" / "runs" / "demo-troubled"
+    try:
+        if len(Run(demo).checkpoints()) >= 3:
+            return demo
+    except Exception:
+        pass
+    from tests.fixtures import make_tiny_run
+
+    print("demo-troubled not found: training a temporary tiny run (~15 s)")
+    make_tiny_run(tmp, "bench-tiny", mini_epochs=8)
+    return tmp / "bench-tiny"
+
+
+def floor_ms(run_dir: Path, mini_epochs: list[int], image) -> float:
+    """Median ms of weights read + one forward pass of one image, same engine as the page uses."""
+    from core.runs import Run
+    from ui import cache
+
+    run = Run(run_dir)
+    eng = cache.engine(str(run_dir), cache.arch_mtime(run), False)
+    x = eng.preprocess(image[None])
+    eng.extractor.run(eng.weight_values(eng.read_weights(run.checkpoint(mini_epochs[0]))), x)  # warm
+    out = []
+    for me in mini_epochs:
+        c = run.checkpoint(me)
+        t = time.perf_counter()
+        eng.extractor.run(eng.weight_values(eng.read_weights(c)), x)
+        out.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(out)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", help="run directory (default: data/runs/demo-troubled or a temporary tiny run)")
+    ap.add_argument("--repeat", type=int, default=10, help="reruns for the cached case")
+    ap.add_argument("--layer", help="layer to show (default: the page's default, the first tap)")
+    args = ap.parse_args()
+
+    from streamlit import config
+    from streamlit.testing.v1 import AppTest
+
+    config.set_option("runner.magicEnabled", False)
+    with tempfile.TemporaryDirectory() as tmpd:
+        run_dir = pick_run(args.run, Path(tmpd))
+        from core.runs import Run
+
+        run = Run(run_dir)
+        mes = [c.mini_epoch for c in run.checkpoints()]
+        os.environ["ADE_RUNS_ROOT"] = str(run_dir.parent)
+        at = AppTest.from_file(str(REPO / "pages" / "grid.py"), default_timeout=300)
+        at.query_params.update({"run": run_dir.name, "ckpt": str(mes[0])} | ({"layer": args.layer} if args.layer else {}))
+        t = time.perf_counter()
+        at.run()
+        first = time.perf_counter() - t
+        if at.exception:
+            print("page raised:", [e.message for e in at.exception])
+            return 1
+        layer = at.selectbox(key="w_layer").value
+        shape = next((m.value for m in at.markdown if str(m.value).startswith("**")), "")
+
+        def timed() -> float:
+            t0 = time.perf_counter()
+            at.run()
+            dt = (time.perf_counter() - t0) * 1e3
+            assert not at.exception, [e.message for e in at.exception]
+            return dt
+
+        cached = [timed() for _ in range(args.repeat)]
+        todo = mes[1:]
+        uncached = []
+        for me in todo:
+            at.select_slider(key="w_ckpt").set_value(me)
+            uncached.append(timed())
+        scrub_back = []
+        for me in todo[: args.repeat]:
+            at.select_slider(key="w_ckpt").set_value(me)
+            scrub_back.append(timed())
+        from core.engine import run_probe_set
+
+        image = run_probe_set(run).images[0]
+        fl = floor_ms(run_dir, todo, image)
+
+    a, b, sb = statistics.median(cached), statistics.median(uncached), statistics.median(scrub_back)
+    print(f"run {run_dir}  ({len(mes)} checkpoints, input {run.manifest.input_shape})")
+    print(f"layer {layer}: {shape}")
+    print(f"first page run (TensorFlow import, engine build, trace): {first:.1f} s")
+    print(f"(a) cached checkpoint, rerun              median {a:7.1f} ms  (n={len(cached)}; target <= 150 ms)"
+          f"  {'OK' if a <= 150 else 'OVER'}")
+    print(f"    scrub back to an extracted checkpoint median {sb:7.1f} ms  (n={len(scrub_back)})")
+    print(f"(b) checkpoint not yet extracted          median {b:7.1f} ms  (n={len(uncached)})")
+    print(f"floor: weights read + one forward pass    median {fl:7.1f} ms")
+    print(f"ratio (b) / floor        = {b / fl:5.2f}x  (target <= 1.5x)  {'OK' if b / fl <= 1.5 else 'OVER'}")
+    print(f"ratio (b - a) / floor    = {(b - a) / fl:5.2f}x  (extraction part of (b) against the floor)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

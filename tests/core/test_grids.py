@@ -1,0 +1,196 @@
+"""Exact-answer tests for core.grids: normalisation modes, NaN/zero marking, tile layout, composition."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose, assert_array_equal
+
+from core import grids as G
+
+
+def maps3() -> np.ndarray:
+    """(3, 2, 2): channel 0 = 0..3, channel 1 all zero, channel 2 = -2, 2, NaN, 4."""
+    return np.array([[[0, 1], [2, 3]], [[0, 0], [0, 0]], [[-2, 2], [np.nan, 4]]], np.float32)
+
+
+def test_channel_maps_shapes():
+    assert G.channel_maps(np.zeros((1, 5, 4, 3))).shape == (3, 5, 4)
+    assert G.channel_maps(np.zeros((5, 4, 3))).shape == (3, 5, 4)
+    assert G.channel_maps(np.zeros((1, 7))).shape == (7, 1, 1)
+    assert G.channel_maps(np.zeros((7,))).shape == (7, 1, 1)
+    assert G.channel_maps(np.zeros((1, 9, 2))).shape == (2, 1, 9)
+    a = np.arange(24, dtype=np.float32).reshape(1, 2, 4, 3)
+    assert_array_equal(G.channel_maps(a)[1], a[0, :, :, 1])
+    with pytest.raises(ValueError):
+        G.channel_maps(np.zeros((1, 2, 2, 2, 2)))
+
+
+def test_channel_summary_ignores_nonfinite():
+    s = G.channel_summary(maps3())
+    assert_array_equal(s["min"], [0, 0, -2])
+    assert_array_equal(s["max"], [3, 0, 4])
+    assert_allclose(s["mean"], [1.5, 0, 4 / 3])
+    assert_allclose(s["std"], [np.sqrt(1.25), 0, np.std([-2, 2, 4])])
+    assert_array_equal(s["n_nonfinite"], [0, 0, 1])
+    assert_array_equal(s["all_zero"], [False, True, False])
+    assert G.channel_marks(s) == [None, "zero", "nonfinite"]
+
+
+def test_all_nan_channel_has_nan_stats_and_no_warning():
+    m = np.full((1, 2, 2), np.nan, np.float32)
+    with np.errstate(all="raise"):
+        s = G.channel_summary(m)
+    assert np.isnan(s["min"][0]) and np.isnan(s["max"][0]) and np.isnan(s["std"][0])
+    assert s["n_nonfinite"][0] == 4
+    assert G.channel_marks(s) == ["nonfinite"]
+
+
+def test_value_ranges_per_channel_layer_fixed_and_diverging():
+    s = G.channel_summary(maps3())
+    lo, hi = G.value_ranges(s, "channel")
+    assert_array_equal(lo, [0, 0, -2]) and assert_array_equal(hi, [3, 0, 4])
+    lo, hi = G.value_ranges(s, "layer")
+    assert_array_equal(lo, [-2, -2, -2]) and assert_array_equal(hi, [4, 4, 4])
+    lo, hi = G.value_ranges(s, "fixed", fixed=(-10, 10))
+    assert_array_equal(lo, [-10] * 3) and assert_array_equal(hi, [10] * 3)
+    lo, hi = G.value_ranges(s, "layer", diverging=True)
+    assert_array_equal(lo, [-4] * 3) and assert_array_equal(hi, [4] * 3)
+    lo, hi = G.value_ranges(s, "channel", diverging=True)
+    assert_array_equal(hi, [3, 0, 4]) and assert_array_equal(lo, [-3, 0, -4])
+    with pytest.raises(ValueError):
+        G.value_ranges(s, "fixed")
+    with pytest.raises(ValueError):
+        G.value_ranges(s, "nope")  # type: ignore[arg-type]
+
+
+def test_normalise_per_channel_exact():
+    m = maps3()
+    lo, hi = G.value_ranges(G.channel_summary(m), "channel")
+    x = G.normalise(m, lo, hi)
+    assert_allclose(x[0], [[0, 1 / 3], [2 / 3, 1]])
+    assert_array_equal(x[1], np.zeros((2, 2)))  # zero span -> 0
+    assert_allclose(x[2], [[0, 4 / 6], [np.nan, 1]])
+
+
+def test_normalise_layer_and_fixed_show_shrinkage():
+    m = maps3()
+    lo, hi = G.value_ranges(G.channel_summary(m), "layer")
+    x = G.normalise(m, lo, hi)
+    assert_allclose(x[0], [[2 / 6, 3 / 6], [4 / 6, 5 / 6]])
+    assert_allclose(x[1], np.full((2, 2), 2 / 6))
+    # a layer whose values shrank 10x looks dim on the fixed scale of its larger past
+    lo, hi = G.value_ranges(G.channel_summary(m / 10), "fixed", fixed=(-2.0, 4.0))
+    x = G.normalise(m / 10, lo, hi)
+    assert_allclose(x[0], [[2 / 6, 2.1 / 6], [2.2 / 6, 2.3 / 6]], rtol=1e-6)
+
+
+def test_normalise_clips_and_centres_diverging():
+    m = np.array([[[-5.0, 0.0], [1.0, 5.0]]], np.float32)
+    x = G.normalise(m, np.array([-1.0]), np.array([1.0]), diverging=True)
+    assert_allclose(x[0], [[0, 0.5], [1, 1]])
+    z = G.normalise(np.zeros((1, 1, 2), np.float32), np.array([0.0]), np.array([0.0]), diverging=True)
+    assert_allclose(z, 0.5)
+
+
+def test_apply_colormap_nan_is_marked_colour():
+    lut = G.colormap("gray")
+    assert lut.shape == (256, 3) and lut.dtype == np.uint8
+    assert_array_equal(lut[0], [0, 0, 0]) and assert_array_equal(lut[255], [255, 255, 255])
+    rgb = G.apply_colormap(np.array([[0.0, 1.0, np.nan]]), lut)
+    assert_array_equal(rgb[0], [[0, 0, 0], [255, 255, 255], list(G.NONFINITE_RGB)])
+
+
+@pytest.mark.parametrize("name", G.COLORMAPS)
+def test_colormaps_are_monotone_or_diverging(name):
+    lut = G.colormap(name).astype(int)
+    if name == "coolwarm":
+        assert lut[0, 2] > lut[0, 0] and lut[-1, 0] > lut[-1, 2]  # blue -> red
+        assert abs(int(lut[128].sum()) - 3 * 221) < 12  # near-white centre
+    else:
+        lum = lut @ np.array([0.299, 0.587, 0.114])
+        assert np.all(np.diff(lum) >= -1.0)  # perceptually increasing
+    with pytest.raises(ValueError):
+        G.colormap("jet")
+
+
+def test_channel_order_and_pages():
+    s = {"min": np.zeros(4), "std": np.array([1.0, np.nan, 3.0, 2.0]), "mean": np.array([0.0, 5.0, -1.0, 1.0])}
+    assert_array_equal(G.channel_order(s, "index"), [0, 1, 2, 3])
+    assert_array_equal(G.channel_order(s, "std"), [2, 3, 0, 1])  # NaN last
+    assert_array_equal(G.channel_order(s, "mean"), [1, 3, 0, 2])
+    assert G.n_pages(130, 64) == 3 and G.n_pages(0, 64) == 1
+    order = np.arange(130)
+    assert_array_equal(G.page_slice(order, 2, 64), [128, 129])
+    assert_array_equal(G.page_slice(order, 9, 64), [128, 129])  # clamped
+    assert len(G.page_slice(order, 0, 64)) == 64
+
+
+def test_tile_layout():
+    assert G.grid_shape(10, 4) == (3, 4)
+    assert G.grid_shape(3, 8) == (1, 3)
+    assert G.grid_shape(0, 8) == (0, 0)
+    assert G.tile_origin(0, 4, (10, 20), 2) == (2, 2)
+    assert G.tile_origin(5, 4, (10, 20), 2) == (2 + 12, 2 + 22)
+    assert G.upscale_factor(12, 12, 88) == 7
+    assert G.upscale_factor(200, 100, 88) == 1
+    up = G.upscale(np.arange(12, dtype=np.uint8).reshape(2, 2, 3), 2)
+    assert up.shape == (4, 4, 3) and (up[:2, :2] == up[0, 0]).all()
+
+
+def test_compose_grid_places_tiles_and_borders():
+    tiles = np.stack([np.full((4, 5, 3), v, np.uint8) for v in (10, 20, 30)])
+    img = G.compose_grid(tiles, ["", "", ""], [None, "nonfinite", "zero"], cols=2, pad=1, label_h=0, border=1)
+    assert img.shape == (1 + 2 * (4 + 1), 1 + 2 * (5 + 1), 3)
+    assert (img[1:5, 1:6] == 10).all()  # tile 0, no border
+    assert_array_equal(img[1, 7], G.MARK_RGB["nonfinite"])  # tile 1 border (top-left)
+    assert (img[2:4, 8:11] == 20).all()  # tile 1 inside
+    assert_array_equal(img[6, 1], G.MARK_RGB["zero"])  # tile 2 in row 2
+    assert_array_equal(img[0, 0], [255, 255, 255])  # padding
+
+
+def test_grid_image_marks_nan_and_zero_channels():
+    m = maps3()
+    g = G.grid_image(m, mode="layer", cmap="viridis", tile_px=8, cols=3)
+    assert g.channels == (0, 1, 2) and g.tile == (8, 8)
+    assert g.pixels.dtype == np.uint8 and g.pixels.ndim == 3
+    # the NaN pixel of channel 2 is magenta; its tile has a red border, the zero channel a grey one
+    assert (g.pixels == np.array(G.NONFINITE_RGB, np.uint8)).all(axis=-1).any()
+    assert (g.pixels == np.array(G.MARK_RGB["nonfinite"], np.uint8)).all(axis=-1).any()
+    assert (g.pixels == np.array(G.MARK_RGB["zero"], np.uint8)).all(axis=-1).any()
+
+
+def test_grid_image_pages_and_overlay():
+    m = np.random.default_rng(0).standard_normal((70, 3, 3)).astype(np.float32)
+    g = G.grid_image(m, per_page=64, page=1, labels=False, tile_px=6)
+    assert g.channels == tuple(range(64, 70))
+    base = np.full((3, 3, 3), 255, np.uint8)
+    a = G.grid_image(m[:1], labels=False, tile_px=3, cmap="gray", mode="fixed", fixed=(100, 200))
+    b = G.grid_image(m[:1], labels=False, tile_px=3, cmap="gray", mode="fixed", fixed=(100, 200), base=base, alpha=0.5)
+    assert a.pixels[4, 4].tolist() == [0, 0, 0]  # everything below the range -> darkest
+    assert b.pixels[4, 4].tolist() == [128, 128, 128]  # half-blended with white
+
+
+def test_fixed_range_and_png_roundtrip():
+    assert G.fixed_range([1.0, np.nan, -2.0], [3.0, 5.0, np.inf]) == (-2.0, 5.0)
+    assert G.fixed_range([np.nan], [np.nan]) is None
+    px = np.zeros((3, 4, 3), np.uint8)
+    data = G.to_png(px)
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    from PIL import Image
+    import io
+
+    assert Image.open(io.BytesIO(data)).size == (4, 3)
+
+
+def test_colorbar_and_channel_view_shapes():
+    bar = G.colorbar("magma", -1.0, 2.0, width=100)
+    assert bar.shape == (28, 100, 3)
+    v = G.channel_view(np.arange(4, dtype=np.float32).reshape(2, 2), 0.0, 3.0, "gray", size=8)
+    assert v.shape == (8, 8, 3) and v[0, 0].tolist() == [0, 0, 0] and v[-1, -1].tolist() == [255, 255, 255]
+
+
+def test_fmt_is_compact():
+    assert [G.fmt(v) for v in (0.00137, -0.000744, 0.0216, 3.14159, -12345.0, 0.0)] == \
+        ["1.4e-3", "-7.4e-4", "0.0216", "3.14", "-1.2e4", "0"]
+    assert G.fmt(float("nan")) == "nan" and G.fmt(float("-inf")) == "-inf"
+    assert G.tile_label(3, -1.0, 2.0, "zero") == "#3  all 0\n-1 / 2"

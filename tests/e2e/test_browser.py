@@ -1,0 +1,201 @@
+"""End to end in headless Chromium: first render, upload, keyboard scrubbing, every page without exception.
+
+Screenshots go to tests/e2e/screenshots/; with ADE_README_SCREENSHOTS=1 also to docs/img/ (overview, grid,
+dynamics, gates) for the README, taken on the demo runs when data/runs/demo-* exist.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+REPO = Path(__file__).resolve().parents[2]
+CHROMIUM = Path("/usr/bin/chromium")
+SHOTS = REPO / "tests" / "e2e" / "screenshots"
+README_IMG = REPO / "docs" / "img"
+PHOTO = REPO.parent / "shared" / "testdata" / "photos" / "chelsea.png"
+CHROME_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+               "--disable-sync", "--no-first-run", "--disable-quic"]
+NAV = {"overview": "Overview", "grid": "Channel grid", "dynamics": "Dynamics", "gates": "SE gates",
+       "weights": "Weights"}
+README_PAGES = ("overview", "grid", "dynamics", "gates")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _demo_root() -> Path | None:
+    """data/runs when both demo runs have checkpoints (the README screenshots use them)."""
+    root = REPO / "data" / "runs"
+    ok = [d for d in root.glob("demo-*") if (d / "manifest.json").exists() and len(list((d / "checkpoints").glob("*.npz"))) >= 2]
+    return root if len(ok) >= 2 else None
+
+
+@pytest.fixture(scope="module")
+def server(runs_root, tmp_path_factory):
+    """A real `streamlit run app.py` on a free port over a runs root with the tiny run (or the demos)."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium) for the browser test")
+    pytest.importorskip("playwright.sync_api", reason="playwright (Python) is not installed")
+    readme = os.environ.get("ADE_README_SCREENSHOTS") == "1"
+    root = _demo_root() if readme else None
+    if root is None:
+        root = tmp_path_factory.mktemp("e2e_runs")
+        shutil.copytree(runs_root / "tiny", root / "tiny")
+    port = _free_port()
+    env = dict(os.environ, ADE_RUNS_ROOT=str(root), TF_CPP_MIN_LOG_LEVEL="2")
+    log = tmp_path_factory.mktemp("e2e_log") / "streamlit.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.headless", "true",
+         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false", "--", "--runs-root", str(root)],
+        cwd=REPO, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        t_end = time.monotonic() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/_stcore/health", timeout=2)
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > t_end:
+                    pytest.fail(f"streamlit did not start:\n{log.read_text()[-3000:]}")
+                time.sleep(0.3)
+        yield url, root, readme
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _idle(page, timeout: float = 180_000) -> None:
+    """Wait until the app's script run is over (Streamlit marks the root element)."""
+    page.wait_for_timeout(300)
+    page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=timeout)
+
+
+def _no_exception(page, where: str) -> None:
+    n = page.locator('[data-testid="stException"]').count()
+    assert n == 0, f"{where}: {page.locator('[data-testid=stException]').first.inner_text()[:2000]}"
+
+
+def _grid_src(page) -> str:
+    """src of the channel grid image (the largest image in the main area)."""
+    imgs = page.locator('[data-testid="stMain"] [data-testid="stImage"] img')
+    best, area = "", -1
+    for i in range(imgs.count()):
+        box = imgs.nth(i).bounding_box() or {"width": 0, "height": 0}
+        if box["width"] * box["height"] > area:
+            best, area = imgs.nth(i).get_attribute("src") or "", box["width"] * box["height"]
+    return best
+
+
+def _shot(page, name: str, readme: bool) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+    if readme and name in README_PAGES:
+        README_IMG.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(README_IMG / f"{name}.png"), full_page=True)
+
+
+def test_browser_end_to_end(server):
+    from playwright.sync_api import sync_playwright
+
+    url, root, readme = server
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROME_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 2200 if readme else 1400})
+            run = "demo-troubled" if (root / "demo-troubled").exists() else "tiny"
+            t0 = time.perf_counter()
+            page.goto(f"{url}/grid?run={run}")
+            page.wait_for_selector("h1", timeout=120_000)
+            t_content = time.perf_counter() - t0
+            page.wait_for_selector('[data-testid="stMain"] [data-testid="stImage"] img', timeout=120_000)
+            t_grid = time.perf_counter() - t0
+            _idle(page)
+            print(f"\nfirst render on a fresh server: page content {t_content:.1f} s, channel grid image {t_grid:.1f} s "
+                  "(includes importing TensorFlow and building the engine)")
+            _no_exception(page, "grid")
+            assert t_grid <= 60, f"first render took {t_grid:.1f} s"
+
+            # scrub with the keyboard: focus the slider thumb (role slider: a hidden range input in
+            # Streamlit 1.67, no aria-valuenow), ArrowLeft, and the grid image changes
+            before = _grid_src(page)
+            thumb = page.locator('[data-testid="stSidebar"]').get_by_role("slider").first
+            thumb.focus()
+            page.keyboard.press("ArrowLeft")
+            _idle(page)
+            after = _grid_src(page)
+            assert after and after != before, "the grid image did not change after scrubbing"
+            _no_exception(page, "grid after scrubbing")
+            assert "ckpt=" in page.url
+
+            # upload a photo
+            if PHOTO.exists():
+                page.get_by_text("Upload", exact=True).click()
+                _idle(page)
+                page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(str(PHOTO))
+                _idle(page)
+                page.wait_for_selector("text=upload chelsea.png", timeout=60_000)
+                _no_exception(page, "grid after upload")
+                assert _grid_src(page) != after
+                page.get_by_text("Probe set", exact=True).click()
+                _idle(page)
+            _shot(page, "grid", readme)
+
+            # every page through the sidebar navigation
+            for name, title in NAV.items():
+                page.locator('[data-testid="stSidebarNav"]').get_by_text(title, exact=True).click()
+                _idle(page)
+                page.wait_for_timeout(800)  # charts finish drawing
+                _no_exception(page, name)
+                assert f"page={name}" in page.url
+                _shot(page, name, readme)
+                if name == "dynamics":
+                    _export_downloads(page)
+            if readme and run == "demo-troubled":
+                _readme_views(page, url)
+        finally:
+            browser.close()
+
+
+def _export_downloads(page) -> None:
+    """The first chart's Export popover: PNG, SVG and CSV are produced on click and downloaded."""
+    page.locator('[data-testid="stPopover"]').first.locator("button").first.click()
+    for label, head in (("PNG image", b"\x89PNG"), ("SVG image", b"<svg"), ("Table (CSV)", b"image,")):
+        with page.expect_download(timeout=60_000) as dl:
+            page.get_by_role("button", name=label).first.click()
+        data = Path(dl.value.path()).read_bytes()
+        assert data.lstrip()[:len(head)] == head, (label, data[:40])
+    page.keyboard.press("Escape")
+
+
+def _readme_views(page, url: str) -> None:
+    """README pictures on demo-troubled: the collapse of block1_conv1 on a fixed colour scale, and its dynamics."""
+    page.goto(f"{url}/grid?run=demo-troubled&layer=block1_conv1&ckpt=8")
+    _idle(page)
+    page.locator('[data-testid="stSelectbox"]').filter(has_text="Colour scale").click()
+    page.get_by_role("option", name="fixed: layer range over all checkpoints").click()
+    _idle(page)
+    page.wait_for_timeout(800)
+    _no_exception(page, "grid (fixed scale)")
+    _shot(page, "grid", True)
+    page.locator('[data-testid="stSidebarNav"]').get_by_text("Dynamics", exact=True).click()
+    _idle(page)
+    page.wait_for_timeout(1000)
+    _no_exception(page, "dynamics (block1_conv1)")
+    _shot(page, "dynamics", True)

