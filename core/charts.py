@@ -1,6 +1,8 @@
 """Chart builders: one function per chart, tidy DataFrame in, Altair chart out; missing data says so."""
 from __future__ import annotations
 
+import math
+
 import altair as alt
 import numpy as np
 import pandas as pd
@@ -348,9 +350,13 @@ def lines_by(df: pd.DataFrame, y: str, by: str, x: str = "mini_epoch", log: bool
     if d.empty:
         return placeholder(f"No finite {'positive ' if log else ''}values of {ytitle or y}.", width=width)
     hover = alt.selection_point(fields=[by], on="pointerover", nearest=True, empty=True)
-    color = alt.Color(f"{by}:N", title=by, sort=sort or "ascending",
-                      legend=alt.Legend(symbolLimit=200, labelLimit=180, columns=1 if d[by].nunique() <= 24 else 2)
-                      if legend else None)
+    n = d[by].nunique()
+    # Streamlit clips what does not fit the chart's height: make the plot as tall as its legend
+    cols = 1 if n <= 12 else (2 if n <= 30 else 3)
+    if legend:
+        height = max(height, 19 * math.ceil(n / cols) + 24)
+    leg = alt.Legend(symbolLimit=0, labelLimit=160, columns=cols)
+    color = alt.Color(f"{by}:N", title=by, sort=sort or "ascending", legend=leg if legend else None)
     tips = [alt.Tooltip(f"{by}:N"), alt.Tooltip("mini_epoch:Q", title="mini-epoch"),
             alt.Tooltip(f"{y}:Q", format=".4g")]
     if x == "images_seen":

@@ -49,7 +49,8 @@ def add_train(sub) -> None:
     p.add_argument("--lr-schedule", choices=["constant", "cosine"], default=t.lr_schedule)
     p.add_argument("--batch-size", type=int, default=t.batch_size)
     p.add_argument("--mini-epoch-images", type=int, default=t.mini_epoch_images)
-    p.add_argument("--mini-epochs", type=int, default=t.mini_epochs)
+    p.add_argument("--mini-epochs", type=int, default=None,
+                   help=f"total mini-epochs (default {t.mini_epochs}; with --resume: the run's planned total)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=t.augment)
     p.add_argument("--seed", type=int, default=t.seed)
     p.add_argument("--input-size", type=int, default=a.input_size)
@@ -81,7 +82,8 @@ def train_config_from_args(args) -> "Any":
                        val_images=args.val_images, probe_images=args.probe_images, optimizer=args.optimizer,
                        learning_rate=args.lr, momentum=args.momentum, lr_schedule=args.lr_schedule,
                        batch_size=args.batch_size, mini_epoch_images=args.mini_epoch_images,
-                       mini_epochs=args.mini_epochs, augment=args.augment, seed=args.seed)
+                       mini_epochs=args.mini_epochs if args.mini_epochs is not None else TrainConfig().mini_epochs,
+                       augment=args.augment, seed=args.seed)
 
 
 def cmd_train(args) -> int:
@@ -92,6 +94,15 @@ def cmd_train(args) -> int:
     except ValueError as e:
         raise UserError(str(e)) from None
     run_dir = _run_path(args.name, args.runs_root)
+    if args.resume and args.mini_epochs is None:  # continue to the total the run was planned with
+        from core.runs import Run
+
+        try:
+            planned = Run(run_dir).manifest.training.get("mini_epochs")
+        except RunError as e:
+            raise UserError(str(e)) from None
+        if planned:
+            cfg = dataclasses.replace(cfg, mini_epochs=int(planned))
     print(f"training into {run_dir}", file=sys.stderr)
     bar = _bar(cfg.mini_epochs * cfg.steps_per_mini_epoch * cfg.batch_size, run_dir.name)
 

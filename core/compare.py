@@ -359,8 +359,14 @@ def match_checkpoints(maps: Mapping[str, pd.DataFrame], reference: str, mini_epo
 # charts (colour = run, in the order the runs were picked)
 
 
+#: Run colours, in the order the runs were picked (distinct hues, unlike a theme's shades of one colour).
+RUN_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f")
+
+
 def _run_color(runs: Sequence[str]) -> alt.Color:
-    return alt.Color("run:N", title="run", scale=alt.Scale(domain=list(runs)), legend=alt.Legend(orient="top"))
+    runs = list(runs)
+    rng = [RUN_COLOURS[i % len(RUN_COLOURS)] for i in range(len(runs))]
+    return alt.Color("run:N", title="run", scale=alt.Scale(domain=runs, range=rng), legend=alt.Legend(orient="top"))
 
 
 def _xenc(x: str) -> alt.X:

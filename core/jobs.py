@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from core.atomic import atomic_write_json
-from core.runs import MANIFEST, Run, RunError, resolve_run_path
+from core.runs import Run, RunError, resolve_run_path
 from core.trainer import SIDE_FILES, STATUS, TrainConfig, read_status
 
 try:  # POSIX: the lock is an flock held by the training process, released by the kernel when it dies

@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from core.atomic import atomic_save_npz
-from core.runs import (CHECKPOINT_DIR, MANIFEST, RESUME_DIR, Run, RunError, RunWriter, make_manifest,
+from core.runs import (MANIFEST, RESUME_DIR, Run, RunError, RunWriter, make_manifest,
                        model_weights)
 
 

@@ -135,8 +135,7 @@ def gate_hist_panels(gate_hist: pd.DataFrame, blocks: Sequence[str], width: int 
     return rows[0] if len(rows) == 1 else alt.vconcat(*rows)
 
 
-def compare_std_chart(results: Sequence, layers: Sequence[str], runs: Sequence[str],
-                      maps: Mapping[str, pd.DataFrame]) -> alt.Chart:
+def compare_std_chart(results: Sequence, layers: Sequence[str], runs: Sequence[str]) -> alt.Chart:
     """Std of each of ``layers`` over checkpoints, one panel per layer, one line per run (log y)."""
     if not layers:
         return CH.placeholder("No shared layer to compare.")
@@ -146,7 +145,7 @@ def compare_std_chart(results: Sequence, layers: Sequence[str], runs: Sequence[s
         return CH.placeholder("No positive std on the layers compared.")
     return alt.Chart(ls).mark_line(point=alt.OverlayMarkDef(size=16)).encode(
         x=alt.X("mini_epoch:Q", title="mini-epoch"), y=alt.Y("std:Q", scale=alt.Scale(type="log"), title="std"),
-        color=alt.Color("run:N", scale=alt.Scale(domain=list(runs)), legend=alt.Legend(orient="top")),
+        color=C._run_color(runs),
         tooltip=["run:N", "layer:N", "mini_epoch:Q", alt.Tooltip("std:Q", format=".4g")],
     ).properties(width=240, height=150).facet(facet=alt.Facet("layer:N", sort=list(layers), title=None), columns=3)
 
@@ -326,7 +325,7 @@ def compare_section(reps: Sequence[RunReport], fig: _Figures, top: int = 20) -> 
              f"{_e(match.message())}</p>",
              fig("chart-compare-loss", C.loss_overlay(C.stacked_history(hist), names),
                  "Training (solid) and validation (dashed) loss of each run."),
-             fig("chart-compare-std", compare_std_chart(results, std_layers, names, {}),
+             fig("chart-compare-std", compare_std_chart(results, std_layers, names),
                  "Std of the layers where the runs differ most (log scale).")]
     if match.shared_blocks:
         gs = C.gate_saturation(results, match.shared_blocks)

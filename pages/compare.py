@@ -90,8 +90,8 @@ maps = C.x_maps(results, histories, sizes)
 
 # ---- loss ----
 st.subheader("Loss")
-widgets.chart_with_export(C.loss_overlay(C.stacked_history(histories), order, x), C.stacked_history(histories),
-                          "compare_loss")
+hist_all = C.stacked_history(histories)
+widgets.chart_with_export(cc.unsquash(C.loss_overlay(hist_all, order, x)), hist_all, "compare_loss")
 
 # ---- one layer: std and dead channels ----
 st.subheader("One layer across runs")
@@ -105,12 +105,13 @@ else:
     dead = C.add_images_seen(cc.dead_fractions(key, layer, results), maps)
     a, b = st.columns(2)
     with a:
-        widgets.chart_with_export(C.overlay_chart(ls, "std", order, x, log=log, title=f"{layer}: std",
-                                                  ytitle="std (mean over probes)", width=420), ls, "compare_std")
+        chart = C.overlay_chart(ls, "std", order, x, log=log, title=f"{layer}: std",
+                                ytitle="std (mean over probes)", width=420)
+        widgets.chart_with_export(cc.unsquash(chart), ls, "compare_std")
     with b:
-        widgets.chart_with_export(C.overlay_chart(dead, "frac_dead", order, x, title=f"{layer}: dead channels",
-                                                  ytitle="fraction of channels dead", width=420, percent=True),
-                                  dead, "compare_dead")
+        chart = C.overlay_chart(dead, "frac_dead", order, x, title=f"{layer}: dead channels",
+                                ytitle="fraction of channels dead", width=420, percent=True)
+        widgets.chart_with_export(cc.unsquash(chart), dead, "compare_dead")
     st.caption("Std is the layer's standard deviation averaged over each run's probe set. A channel is dead "
                "when it is exactly zero on every probe image. At mini-epoch 0 BatchNorm moving statistics are "
                "still initial, so deep layers look small in every run.")
@@ -128,7 +129,7 @@ else:
 # ---- channel grids side by side ----
 st.subheader("Channel grids: same image, same checkpoint")
 if match.shared:
-    g1, g2, g3, g4 = st.columns([1.3, 1.2, 1.6, 1.3])
+    g0, g1, g2, g3, g4 = st.columns([0.6, 1.3, 1.2, 1.6, 1.3])
     src_name = g1.selectbox("Probe image from", order, **state.kept("compare_src", order[0], order))
     src = runs[order.index(src_name)]
     try:
@@ -150,6 +151,8 @@ if match.shared:
                          **state.kept("compare_scale", "shared", ["shared", "per run"]),
                          help="Shared: one min..max over every run, so a run whose activations are smaller "
                               "looks darker.")
+        rgb = px[idx] if px.shape[-1] == 3 else px[idx].repeat(3, -1)
+        widgets.png(grids.upscale(rgb, grids.upscale_factor(*rgb.shape[:2], 80)), where=g0)
         matched = C.match_checkpoints(maps, order[0], me, x)
         layer_maps = {}
         for run, res in zip(runs, results):
@@ -181,8 +184,6 @@ if match.shared:
                 seen = maps[name].set_index("mini_epoch")["images_seen"].get(matched[name])
                 st.caption(f"mini-epoch {matched[name]}" + (f" · {seen:,.0f} images seen" if seen == seen else "")
                            + f" · {mm.shape[0]} channels" + (" (first 64 shown)" if mm.shape[0] > 64 else ""))
-        widgets.png(grids.upscale(px[idx] if px.shape[-1] == 3 else px[idx].repeat(3, -1), 3),
-                    caption=f"probe image #{idx} of {src_name}")
 
 # ---- where they differ most ----
 st.subheader("Where they differ most")

@@ -20,8 +20,7 @@ try:
 except RunError as e:
     st.error(f"The statistics could not be computed: {e}")
     st.stop()
-for p in res.problems:
-    st.warning(p)
+widgets.sweep_problems(res, sel.run)
 widgets.page_findings(sel, "dynamics", compute=True)  # FINDINGS SPOT
 
 hist, _ = cache.history(sel.path, cache.dir_stamp(sel.run.path))

@@ -25,6 +25,7 @@ try:
 except RunError as e:
     st.error(f"The statistics could not be computed: {e}")
     st.stop()
+widgets.sweep_problems(res, sel.run)
 widgets.page_findings(sel, "gates", compute=True)  # FINDINGS SPOT
 
 hist, _ = cache.history(sel.path, cache.dir_stamp(sel.run.path))

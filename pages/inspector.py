@@ -60,8 +60,8 @@ else:
                  width=96, output_format="PNG")
     traj = I.rank_trajectories(channels, layer, channel, by)
     labels = {i: label(i) for i in range(n_probes)}
-    widgets.chart_with_export(I.rank_chart(traj, top["probe"].tolist(), labels, current=me), traj,
-                              "insp_ranks")
+    chart = I.rank_chart(traj, top["probe"].tolist(), labels, current=me)
+    widgets.chart_with_export(cc.unsquash(chart), traj, "insp_ranks")
     stab = I.rank_stability(traj, k, me)
     if len(stab) > 1:
         first, last = stab.iloc[0], stab.iloc[-1]

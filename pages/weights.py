@@ -19,6 +19,7 @@ try:
 except RunError as e:
     st.error(f"The statistics could not be computed: {e}")
     st.stop()
+widgets.sweep_problems(res, sel.run)
 widgets.page_findings(sel, "weights", compute=True)  # FINDINGS SPOT
 
 hist, _ = cache.history(sel.path, cache.dir_stamp(sel.run.path))

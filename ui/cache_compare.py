@@ -12,6 +12,18 @@ from core.runs import Checkpoint, Run
 from ui import cache
 
 
+def unsquash(chart: Any) -> Any:
+    """A single-view chart wrapped in a one-panel vconcat, so Streamlit keeps its height.
+
+    With the Streamlit theme a single view is autosized to fit its ``height`` *including*
+    title, legend and axes (a 220 px line chart keeps ~70 px of plot); concatenations are not.
+    Belongs in ``ui/widgets.chart_with_export`` (see the report to the lead).
+    """
+    import altair as alt
+
+    return alt.vconcat(chart) if isinstance(chart, (alt.Chart, alt.LayerChart)) else chart
+
+
 @st.cache_data(show_spinner=False, max_entries=16)
 def layer_match(key: tuple, _results: Sequence[Any]):
     """``core.compare.shared_layers`` of the results identified by ``key`` (run paths + checkpoint stamps)."""

@@ -1,6 +1,7 @@
 """Shared sidebar controls kept across pages and mirrored in the URL's query parameters."""
 from __future__ import annotations
 
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -9,6 +10,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import streamlit as st
+from streamlit.errors import StreamlitAPIException
 
 from core.runs import Checkpoint, Run, RunError, runs_root_from_env
 from ui import cache
@@ -119,6 +121,7 @@ def read_query_params() -> None:
 
 
 PAGES_DIR = Path(__file__).resolve().parents[1] / "pages"
+_PAGE_RE = re.compile(r"^[a-z][a-z0-9_]{0,40}$")  # a page is a plain file name in pages/, nothing else
 
 
 def _leave_pages_folder_mode() -> None:
@@ -146,8 +149,11 @@ def route(page: str) -> None:
     _leave_pages_folder_mode()
     target = st.session_state.pop("_goto", None) or _pending("page")
     if target and target != page:
-        if (PAGES_DIR / f"{target}.py").is_file():
-            st.switch_page(f"pages/{target}.py")
+        if _PAGE_RE.match(target) and (PAGES_DIR / f"{target}.py").is_file():
+            try:
+                st.switch_page(f"pages/{target}.py")
+            except StreamlitAPIException:  # a page file that is not in the navigation
+                pass
         st.sidebar.warning(f"Page {target!r} from the link does not exist; showing this page.")
     _set_query("page", page)
 
@@ -442,6 +448,20 @@ def goto(page: str, *, layer: str | None = None, ckpt: int | None = None) -> Non
     st.session_state["_goto"] = page
 
 
+def run_problems(run: Run) -> None:
+    """Problems found while listing the run (missing or empty checkpoints, torn history rows), in the sidebar."""
+    try:
+        _, hist_problems = cache.history(str(run.path), cache.dir_stamp(run.path))
+    except RunError as e:
+        hist_problems = [str(e)]
+    problems = list(dict.fromkeys([*run.problems, *hist_problems]))
+    if problems:
+        with st.sidebar.expander(f"{len(problems)} problem{'s' if len(problems) > 1 else ''} with this run",
+                                 icon=":material/warning:"):
+            for p in problems:
+                st.warning(p)
+
+
 # ---- everything at once ------------------------------------------------------------------------
 
 
@@ -457,6 +477,7 @@ def sidebar(page: str, *, image: bool = True, checkpoint: bool = True) -> Select
         return None
     trust_box(run)
     ckpts = run.checkpoints()
+    run_problems(run)
     sel = Selection(runs_root(), run, ckpts, trust=trusted(run))
     if checkpoint:
         sel.ckpt = select_checkpoint(run, ckpts)

@@ -153,6 +153,13 @@ def findings_panel(findings: Sequence[Any] | None, page: str) -> None:
                                + (f", mini-epoch {int(ck)}" if ck is not None else ""))
 
 
+def sweep_problems(result: Any, run: Any) -> None:
+    """Warn about checkpoints a sweep could not use (unreadable, foreign, mismatched); listing problems are in the sidebar."""
+    for p in dict.fromkeys(result.problems):
+        if p not in run.problems:
+            st.warning(p)
+
+
 def page_findings(sel: Any, page: str, *, compute: bool = False) -> None:
     """Findings for this page when ``core.diagnose`` exists; ``compute`` allows running the probe-set sweep.
 
@@ -165,7 +172,9 @@ def page_findings(sel: Any, page: str, *, compute: bool = False) -> None:
         pk = cache._probe_key(sel.run)
         if not compute and not cache.is_swept(sel.path, sel.stamp, pk, sel.trust, "probes"):
             return
-        cache.swept(sel.run, sel.stamp, sel.trust, label="Statistics for the findings")
+        res = cache.swept(sel.run, sel.stamp, sel.trust, label="Statistics for the findings")
+        if page == "overview":  # the other pages show their sweep's problems themselves
+            sweep_problems(res, sel.run)
         found = cache.findings(sel.path, sel.stamp, pk, cache.dir_stamp(sel.run.path), cache.arch_mtime(sel.run),
                                sel.trust)
     except Exception as e:  # findings are an extra: never break the page

@@ -1,6 +1,8 @@
 """TensorBoard export: scalars and pre-binned gate histograms written without the tensorboard package."""
 from __future__ import annotations
 
+import types
+
 import keras
 import numpy as np
 import pandas as pd
@@ -32,6 +34,11 @@ def _tables() -> dict[str, pd.DataFrame]:
     return {"layers": layers, "gates": gates, "gate_hist": gate_hist, "weights": weights}
 
 
+def _fake_run(name: str):
+    """Only the name of a run is used when the tables carry every statistic."""
+    return types.SimpleNamespace(name=name)
+
+
 def test_points_are_pure_and_skip_missing_values():
     pts = {(t, s): v for t, s, v in scalar_points(_tables(), "r")}
     assert pts[("activation_std/block1_act1", 1)] == 0.5
@@ -47,7 +54,7 @@ def test_points_are_pure_and_skip_missing_values():
 
 
 def test_export_round_trip(tmp_path):
-    summary = export_tensorboard(types_run("r"), _tables(), tmp_path / "tb")
+    summary = export_tensorboard(_fake_run("r"), _tables(), tmp_path / "tb")
     ev = read_events(tmp_path / "tb")
     assert summary.scalars == len(ev[ev.plugin == "scalars"]) and summary.histograms == 4
     s = ev[ev.plugin == "scalars"].set_index(["tag", "step"])["value"]
@@ -58,12 +65,6 @@ def test_export_round_trip(tmp_path):
     assert h.shape == (4, 3) and h.dtype == np.float64
     np.testing.assert_allclose(h[:, 0], [0, 0.25, 0.5, 0.75])
     np.testing.assert_allclose(h[:, 2], [4, 1, 6, 2])
-
-
-def types_run(name: str):
-    import types
-
-    return types.SimpleNamespace(name=name)
 
 
 def test_recorder_writes_weight_norms_each_mini_epoch(tmp_path):

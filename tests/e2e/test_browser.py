@@ -189,7 +189,7 @@ def _readme_views(page, url: str) -> None:
     page.goto(f"{url}/grid?run=demo-troubled&layer=block1_conv1&ckpt=8")
     _idle(page)
     page.locator('[data-testid="stSelectbox"]').filter(has_text="Colour scale").click()
-    page.get_by_role("option", name="fixed: layer range over all checkpoints").click()
+    page.get_by_role("option", name="fixed (all checkpoints)").click()
     _idle(page)
     page.wait_for_timeout(800)
     _no_exception(page, "grid (fixed scale)")
