@@ -1,8 +1,6 @@
 """Chart builders: one function per chart, tidy DataFrame in, Altair chart out; missing data says so."""
 from __future__ import annotations
 
-import math
-
 import altair as alt
 import numpy as np
 import pandas as pd
@@ -58,6 +56,7 @@ def training_curves(history: pd.DataFrame, x: str = "mini_epoch", runs: str | No
 
 alt.data_transformers.disable_max_rows()  # tables here are tidy and modest; export needs inline data
 
+MAX_LEGEND = 14  # more series than this: no legend, colour by order (depth) instead
 STAT_COLORS = {"min": "#4c78a8", "max": "#e45756", "mean": "#54a24b", "std": "#f58518"}
 DASHES = [[1, 0], [6, 3], [2, 2], [8, 3, 2, 3], [1, 3], [10, 4]]
 WIDTH, HEIGHT = 620, 240
@@ -307,7 +306,7 @@ GATE_FRACTIONS = {"frac_low": "gates < 0.05 (off)", "frac_high": "gates > 0.95 (
                   "frac_half": "gates ≈ 0.5 (dead squeeze path)"}
 
 
-def gate_fractions(gates: pd.DataFrame, x: str = "mini_epoch", width: int = 250, height: int = 170) -> alt.Chart:
+def gate_fractions(gates: pd.DataFrame, x: str = "mini_epoch", width: int = 215, height: int = 170) -> alt.Chart:
     """Three panels (off / open / near 0.5) of the fraction of gates per SE block over checkpoints.
 
     gates: the sweep's ``gates`` table (mean over probes is taken here).
@@ -340,6 +339,8 @@ def lines_by(df: pd.DataFrame, y: str, by: str, x: str = "mini_epoch", log: bool
     """One line per value of ``by`` (layer, block, channel...) of column ``y`` over checkpoints; hover shows it.
 
     df: one row per (``by``, mini_epoch) (+ images_seen). ``log``: log y (non-positive values dropped).
+    ``sort``: the order of the series (depth order for layers). Beyond MAX_LEGEND series there is no
+    legend; the colour then runs along ``sort`` (light = first, dark = last) and hover names a line.
     """
     if (e := _empty(df, ytitle or y)) is not None:
         return e
@@ -351,12 +352,13 @@ def lines_by(df: pd.DataFrame, y: str, by: str, x: str = "mini_epoch", log: bool
         return placeholder(f"No finite {'positive ' if log else ''}values of {ytitle or y}.", width=width)
     hover = alt.selection_point(fields=[by], on="pointerover", nearest=True, empty=True)
     n = d[by].nunique()
-    # Streamlit clips what does not fit the chart's height: make the plot as tall as its legend
-    cols = 1 if n <= 12 else (2 if n <= 30 else 3)
-    if legend:
-        height = max(height, 19 * math.ceil(n / cols) + 24)
-    leg = alt.Legend(symbolLimit=0, labelLimit=160, columns=cols)
-    color = alt.Color(f"{by}:N", title=by, sort=sort or "ascending", legend=leg if legend else None)
+    if n <= MAX_LEGEND:
+        color = alt.Color(f"{by}:N", title=by, sort=sort or "ascending",
+                          legend=alt.Legend(symbolLimit=0, labelLimit=160) if legend else None)
+    else:  # a legend this long gets clipped in Streamlit: colour follows ``sort`` (depth), hover names the line
+        order = [v for v in (sort or sorted(d[by].unique())) if v in set(d[by])]
+        color = alt.Color(f"{by}:N", title=f"{by} (dark = deep)", sort=order,
+                          scale=alt.Scale(domain=order, scheme="viridis", reverse=True), legend=None)
     tips = [alt.Tooltip(f"{by}:N"), alt.Tooltip("mini_epoch:Q", title="mini-epoch"),
             alt.Tooltip(f"{y}:Q", format=".4g")]
     if x == "images_seen":

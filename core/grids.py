@@ -244,11 +244,14 @@ def _glyphs(size: int) -> tuple[dict[str, np.ndarray], int]:
     return out, h
 
 
+@lru_cache(maxsize=8192)
 def text_mask(text: str, size: int) -> np.ndarray:
     """One line of text as an alpha mask uint8 (H, W) from cached glyphs (no kerning; fast)."""
     glyphs, h = _glyphs(size)
     parts = [glyphs.get(ch, glyphs["?"]) for ch in text]
-    return np.hstack(parts) if parts else np.zeros((h, 0), np.uint8)
+    out = np.hstack(parts) if parts else np.zeros((h, 0), np.uint8)
+    out.flags.writeable = False  # cached and shared
+    return out
 
 
 def draw_text(img: np.ndarray, y: int, x: int, text: str, size: int, colour: tuple[int, int, int],
@@ -301,20 +304,26 @@ def compose_grid(tiles: np.ndarray, labels: Sequence[str], marks: Sequence[str |
     rows, cols = grid_shape(n, cols)
     lines = max([lab.count("\n") + 1 for lab in labels] or [1])
     size = max(8, min(12, label_h // lines - 1))
-    cell = (h + label_h, max(w, label_width(labels, size) if label_h > 0 else 0))
-    H, W = pad + rows * (cell[0] + pad), pad + cols * (cell[1] + pad)
-    out = np.empty((max(H, 1), max(W, 1), 3), np.uint8)
+    ch, cw = h + label_h, max(w, label_width(labels, size) if label_h > 0 else 0)
+    # one (cell + trailing pad) block per tile, filled in one go, then laid out row-major
+    cells = np.empty((max(rows * cols, 1), ch + pad, cw + pad, 3), np.uint8)
+    cells[:] = background
+    cells[:n, :h, :w] = tiles
+    for kind, col in MARK_RGB.items():
+        idx = [i for i in range(n) if marks[i] == kind]
+        if idx and border > 0:
+            b = min(border, h // 2, w // 2)
+            c = cells[idx]
+            c[:, :b, :w] = col
+            c[:, h - b:h, :w] = col
+            c[:, :h, :b] = col
+            c[:, :h, w - b:w] = col
+            cells[idx] = c
+    grid = cells[:rows * cols].reshape(rows, cols, ch + pad, cw + pad, 3).transpose(0, 2, 1, 3, 4)
+    out = np.empty((pad + rows * (ch + pad), pad + cols * (cw + pad), 3), np.uint8)
     out[:] = background
-    for i in range(n):
-        y, x = tile_origin(i, cols, cell, pad)
-        out[y:y + h, x:x + w] = tiles[i]
-        m = marks[i]
-        if m in MARK_RGB and border > 0:
-            b, col = min(border, h // 2, w // 2), MARK_RGB[m]
-            out[y:y + b, x:x + w] = col
-            out[y + h - b:y + h, x:x + w] = col
-            out[y:y + h, x:x + b] = col
-            out[y:y + h, x + w - b:x + w] = col
+    out[pad:, pad:] = grid.reshape(rows * (ch + pad), cols * (cw + pad), 3)
+    cell = (ch, cw)
     if label_h > 0:
         for i in range(n):
             y, x = tile_origin(i, cols, cell, pad)

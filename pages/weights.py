@@ -39,6 +39,7 @@ if int(res.extras["n_nan_weights"].sum() if len(res.extras) else 0):
     st.error(f"NaN weights from mini-epoch {bad[0]} on ({len(bad)} checkpoints).")
 
 base = (sel.path, sel.stamp, cache.dir_stamp(sel.run.path), x, log)
+depth = [layer.name for layer in eng.model.layers]  # architecture order: the colour order of many-layer charts
 bs = int(m.training.get("batch_size") or 0)
 steps = mie // bs if bs and mie else 0
 
@@ -49,9 +50,11 @@ def weight_chart(metric: str, per_step: bool = False):
         d = d.assign(update_ratio=d["update_ratio"] / steps)
     cols = ["layer", "mini_epoch", metric] + (["images_seen"] if x == "images_seen" else [])
     d = d[cols] if len(d) else d
-    return C.lines_by(d, metric, "layer", x=x, log=log, ytitle=C.WEIGHT_METRICS[metric], height=260), d
+    return C.lines_by(d, metric, "layer", x=x, log=log, ytitle=C.WEIGHT_METRICS[metric], height=260, sort=depth), d
 
 
+st.caption("Charts with many layers colour them by depth (light = near the input, dark = deep); hover a line "
+           "to see its layer.")
 st.subheader("Weight norm")
 widgets.chart("w_norm", (*base, var), lambda: weight_chart("norm"))
 st.subheader("Distance from initialisation")
@@ -69,7 +72,7 @@ st.subheader("Gradient norms (labelled probe set)")
 def grads():
     g = res.grads
     g = C.with_x(g.assign(layer=g["layer"].astype(str)) if len(g) else g, x, hist, mie)
-    return C.lines_by(g, "grad_norm", "layer", x=x, log=log, ytitle="‖∂loss/∂W‖", height=260), g
+    return C.lines_by(g, "grad_norm", "layer", x=x, log=log, ytitle="‖∂loss/∂W‖", height=260, sort=depth), g
 
 
 widgets.chart("w_grads", base, grads)
@@ -82,7 +85,8 @@ else:
         d = getattr(res, table)
         d = C.with_x(d.assign(layer=d["layer"].astype(str)), x, hist, mie)
         d = d[["layer", "mini_epoch", col] + (["images_seen"] if x == "images_seen" else [])]
-        return C.lines_by(d, col, "layer", x=x, log=lg, ytitle=title, width=420, height=200, legend=legend), d
+        return C.lines_by(d, col, "layer", x=x, log=lg, ytitle=title, width=420, height=200, legend=legend,
+                          sort=depth), d
 
     specs = [("batchnorm", "gamma_mean", "mean γ", False), ("batchnorm", "frac_gamma_near_zero", "fraction |γ| < 1e-3", False),
              ("batchnorm", "moving_variance_mean", "mean moving variance", log),

@@ -131,7 +131,8 @@ def findings_panel(findings: Sequence[Any] | None, page: str) -> None:
               (("problem", ("problem", "critical", "error")), ("warning", ("warning",)))}
     summary = ", ".join(f"{n} {k}{'s' if n != 1 else ''}" for k, n in counts.items() if n)
     label = f"Findings for this {'run' if page == 'overview' else 'page'}: {len(rows)}" + (f" ({summary})" if summary else "")
-    with st.expander(label, expanded=page == "overview", icon=":material/troubleshoot:"):
+    with st.expander(label, expanded=page == "overview", icon=":material/troubleshoot:"), \
+            st.container(height=460 if len(rows) > 5 else "content", border=False):  # long lists scroll
         for i, f in enumerate(rows):
             badge = {"error": "red", "warning": "orange"}.get(SEVERITY_BOX.get(sev[i], "info"), "blue")
             kind = str(_get(f, "kind", "finding")).replace("_", " ")

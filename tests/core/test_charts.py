@@ -181,3 +181,13 @@ def test_empty_inputs_give_placeholders():
         assert spec["mark"]["type"] == "text"
     allneg = pd.DataFrame({"layer": ["a"], "mini_epoch": [0], "v": [-1.0]})
     assert C.lines_by(allneg, "v", "layer", log=True).to_dict()["mark"]["type"] == "text"
+
+
+def test_lines_by_many_series_colours_by_depth_without_legend():
+    names = [f"l{i:02d}" for i in range(C.MAX_LEGEND + 3)]
+    d = pd.DataFrame({"layer": np.repeat(names, 2), "mini_epoch": np.tile([0, 1], len(names)), "v": 1.0})
+    depth = list(reversed(names)) + ["absent"]
+    enc = tooltips(C.lines_by(d, "v", "layer", sort=depth).to_dict())[0]["color"]
+    assert enc["legend"] is None and enc["scale"]["domain"] == list(reversed(names))
+    few = tooltips(C.lines_by(d[d["layer"].isin(names[:3])], "v", "layer").to_dict())[0]["color"]
+    assert few.get("legend") is not None

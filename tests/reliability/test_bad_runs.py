@@ -300,8 +300,6 @@ def test_app_overview_names_listing_level_damage(many_bad_overview, bad_root):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="the Overview computes the probe-set sweep for its findings but does not "
-                                        "show SweepResult.problems (unreadable / foreign checkpoints); reported")
 def test_app_overview_names_unreadable_checkpoints(many_bad_overview):
     missing = [MANY_BAD[me][1] for me in SWEEP_LEVEL if not _names(many_bad_overview, MANY_BAD[me][1])]
     assert not missing, f"not named on the Overview: {missing}; shown: {many_bad_overview}"
@@ -343,8 +341,6 @@ def test_app_grid_scrubs_a_run_with_bad_checkpoints(many_bad_grid, bad_root):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="ui/state.sidebar does not show Run.problems / history problems on the "
-                                        "grid page (reported; fix: list run.problems in the sidebar)")
 def test_app_grid_names_listing_level_damage(many_bad_grid):
     msgs = many_bad_grid[7][0]
     missing = [f for f in (MANY_BAD[3][1], MANY_BAD[5][1], "history.csv") if not _names(msgs, f)]

@@ -345,11 +345,7 @@ def test_app_run_query_param_cannot_leave_the_root(trav_root, monkeypatch, name)
     assert at.query_params.get("run") in (chosen,), at.query_params
 
 
-ROUTE_BUG = pytest.mark.xfail(
-    strict=False, reason="ui/state.route passes '?page=../x' to st.switch_page when pages/../x.py is a file: "
-                         "StreamlitPageNotFoundError crashes the page (reported; not a file read, Streamlit refuses "
-                         "unregistered pages)")
-PAGE_PARAMS = [pytest.param("../app", marks=ROUTE_BUG), pytest.param("../tests/conftest", marks=ROUTE_BUG),
+PAGE_PARAMS = ["../app", "../tests/conftest",
                "../../../../etc/passwd", "grid/../../app", "/etc/passwd", "..%2fapp", "__init__", "nope"]
 
 
