@@ -10,6 +10,7 @@ import pandas as pd
 
 from core import grids
 from core.charts import X_FIELDS, placeholder
+from core.sweep import output_tap  # re-exported: the tap holding the model output
 
 RANK_BY = {"mean": "channel mean", "max": "channel max", "mean_abs": "mean |x|", "std": "channel std"}
 
@@ -247,18 +248,6 @@ def read_kernel(run, checkpoints: Sequence, path: str) -> list[tuple[int, np.nda
 
 # ---------------------------------------------------------------------------------------------------
 # predictions on the probe set
-
-
-def output_tap(engine) -> str | None:
-    """The tap holding the model's output (a classifier's probabilities or logits), if it is extracted."""
-    out = engine.model.outputs[0]
-    for layer in engine.model.layers:
-        try:
-            if layer.output is out and layer.name in engine.taps:
-                return layer.name
-        except (AttributeError, ValueError):
-            continue
-    return None
 
 
 def to_probabilities(out: np.ndarray) -> np.ndarray:

@@ -142,7 +142,7 @@ def _bn_inputs(engine: RunEngine) -> dict[str, str]:
     return out
 
 
-def _output_tap(engine: RunEngine) -> str | None:
+def output_tap(engine: RunEngine) -> str | None:
     """Tap holding the model's (probability) output, if extracted."""
     out = engine.model.outputs[0]
     for layer in engine.model.layers:
@@ -339,7 +339,7 @@ def sweep(run: Run, probes: ProbeSet | None = None, *, taps: Sequence[str] | Non
         ckpts = [c for c in ckpts if c.mini_epoch in wanted]
     kinds, depth = _kind_depth(engine)
     bn_inputs = _bn_inputs(engine)
-    out_tap = _output_tap(engine)
+    out_tap = output_tap(engine)
     raw_names = raw_taps(engine, out_tap)
     result = SweepResult(run.name, probes.ids, layer_order=tuple(engine.taps),
                          se_blocks=tuple(b.name for b in engine.se_blocks))

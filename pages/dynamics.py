@@ -15,13 +15,7 @@ if sel is None or not sel.ckpts:
 eng = state.engine(sel.run)
 if eng is None:
     st.stop()
-try:
-    res = cache.swept(sel.run, sel.stamp, sel.trust, label="Statistics of the probe set")
-except RunError as e:
-    st.error(f"The statistics could not be computed: {e}")
-    st.stop()
-widgets.sweep_problems(res, sel.run)
-widgets.page_findings(sel, "dynamics", compute=True)  # FINDINGS SPOT
+res = widgets.probe_set_statistics(sel, "dynamics")
 
 hist, _ = cache.history(sel.path, cache.dir_stamp(sel.run.path))
 m = sel.run.manifest

@@ -6,7 +6,6 @@ import pandas as pd
 import streamlit as st
 
 from core import charts as C
-from core.runs import RunError
 from ui import cache, state, widgets
 
 st.title("Squeeze-and-excitation gates")
@@ -20,13 +19,7 @@ if not eng.se_blocks:
     st.info("This model has no squeeze-and-excitation (SE) blocks: no gate multiplies a feature map by a "
             "per-channel factor computed from its global pooling. Nothing to show here.")
     st.stop()
-try:
-    res = cache.swept(sel.run, sel.stamp, sel.trust, label="Statistics of the probe set")
-except RunError as e:
-    st.error(f"The statistics could not be computed: {e}")
-    st.stop()
-widgets.sweep_problems(res, sel.run)
-widgets.page_findings(sel, "gates", compute=True)  # FINDINGS SPOT
+res = widgets.probe_set_statistics(sel, "gates")
 
 hist, _ = cache.history(sel.path, cache.dir_stamp(sel.run.path))
 mie = sel.run.manifest.mini_epoch_images

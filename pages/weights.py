@@ -4,7 +4,6 @@ from __future__ import annotations
 import streamlit as st
 
 from core import charts as C
-from core.runs import RunError
 from ui import cache, state, widgets
 
 st.title("Weights and updates")
@@ -14,13 +13,7 @@ if sel is None or not sel.ckpts:
 eng = state.engine(sel.run)
 if eng is None:
     st.stop()
-try:
-    res = cache.swept(sel.run, sel.stamp, sel.trust, label="Statistics of the probe set")
-except RunError as e:
-    st.error(f"The statistics could not be computed: {e}")
-    st.stop()
-widgets.sweep_problems(res, sel.run)
-widgets.page_findings(sel, "weights", compute=True)  # FINDINGS SPOT
+res = widgets.probe_set_statistics(sel, "weights")
 
 hist, _ = cache.history(sel.path, cache.dir_stamp(sel.run.path))
 m = sel.run.manifest

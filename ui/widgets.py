@@ -154,6 +154,20 @@ def findings_panel(findings: Sequence[Any] | None, page: str) -> None:
                                + (f", mini-epoch {int(ck)}" if ck is not None else ""))
 
 
+def probe_set_statistics(sel: Any, page: str) -> Any:
+    """The run's probe-set sweep for ``page``, with its problems and findings shown; stops the page on failure."""
+    from core.runs import RunError
+
+    try:
+        res = cache.swept(sel.run, sel.stamp, sel.trust, label="Statistics of the probe set")
+    except RunError as e:
+        st.error(f"The statistics could not be computed: {e}")
+        st.stop()
+    sweep_problems(res, sel.run)
+    page_findings(sel, page, compute=True)  # FINDINGS SPOT
+    return res
+
+
 def sweep_problems(result: Any, run: Any) -> None:
     """Warn about checkpoints a sweep could not use (unreadable, foreign, mismatched); listing problems are in the sidebar."""
     for p in dict.fromkeys(result.problems):
