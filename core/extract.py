@@ -27,7 +27,8 @@ DEFAULT_KINDS = frozenset({"conv", "activation", "add", "dense", "se_gate", "se_
 LOGITS_SUFFIX = "/logits"  # Keras forbids "/" in layer names, so virtual taps cannot clash
 
 
-_REDUCED_KEYS = ("count", "s", "m2", "abs_sum", "min", "max", "n_zero", "n_nan", "n_inf")
+#: Statistics ``Extractor.run_reduced`` computes in the graph, per probe and channel.
+REDUCED_KEYS = ("s", "m2", "abs_sum", "min", "max", "n_zero")
 
 
 def _positions(shape: tuple[int | None, ...]) -> int:
@@ -39,22 +40,40 @@ def _positions(shape: tuple[int | None, ...]) -> int:
 
 
 def _reduce_tap(t: tf.Tensor) -> list[tf.Tensor]:
-    """(N, ..., C) -> per (N, C): count, sum, M2, |x| sum, min, max, zeros, NaNs, Infs.
+    """(N, ..., C) -> per (N, C), in ``REDUCED_KEYS`` order: sum, M2, |x| sum, min, max, zeros.
 
-    Assumes finite values (six cheap passes, small graph). A NaN or Inf makes the
-    sum non-finite; ``Extractor.run_reduced`` callers detect that and recompute the
-    tap from raw values with ``core.stats.moments``, which masks them.
+    Assumes finite values (cheap passes, small graph). A NaN or Inf makes the sum
+    non-finite; ``Extractor.run_reduced`` callers detect that and recompute the tap
+    from raw values with ``core.stats.moments``, which masks them.
     """
     t = tf.cast(t, tf.float32)
     n, c = tf.shape(t)[0], tf.shape(t)[-1]
     t = tf.reshape(t, tf.stack([n, -1, c]))
     p = tf.cast(tf.shape(t)[1], tf.float32)
     s = tf.reduce_sum(t, axis=1)
-    d = t - (s / p)[:, None, :]
-    zeros = tf.zeros_like(s)
-    return [tf.fill(tf.shape(s), p), s, tf.reduce_sum(d * d, axis=1), tf.reduce_sum(tf.abs(t), axis=1),
-            tf.reduce_min(t, axis=1), tf.reduce_max(t, axis=1),
-            tf.reduce_sum(tf.cast(tf.equal(t, 0.0), tf.float32), axis=1), zeros, zeros]
+    a = tf.abs(t)
+    # squared_difference is one fused kernel; sign(|x|) counts non-zeros without a bool tensor
+    return [s, tf.reduce_sum(tf.math.squared_difference(t, (s / p)[:, None, :]), axis=1),
+            tf.reduce_sum(a, axis=1), tf.reduce_min(t, axis=1), tf.reduce_max(t, axis=1),
+            p - tf.reduce_sum(tf.sign(a), axis=1)]
+
+
+@dataclass(frozen=True, eq=False)  # eq on arrays is ambiguous
+class Reduced:
+    """Per-channel statistics of every tap, stacked along the channel axis (finite tensors only).
+
+    ``arrays[k]`` for k in ``REDUCED_KEYS`` is float32 (N, ΣC); tap ``taps[i]`` owns columns
+    ``offsets[i]:offsets[i + 1]`` and has ``totals[i]`` positions per channel.
+    """
+
+    taps: tuple[str, ...]
+    offsets: np.ndarray  # int64 (T + 1,)
+    totals: np.ndarray  # int64 (T,)
+    arrays: dict[str, np.ndarray]
+
+    def columns(self, tap: str) -> slice:
+        i = self.taps.index(tap)
+        return slice(int(self.offsets[i]), int(self.offsets[i + 1]))
 
 
 @dataclass(frozen=True)
@@ -241,6 +260,7 @@ class Extractor:
         self._grad_fns: dict[bool, Any] = {}
         self._reduced_fns: dict[tuple[str, ...], Any] = {}
         self._tap_positions = {t.name: _positions(t.shape) for t in table}
+        self._tap_shapes = {t.name: t.shape for t in table}
         if batch_size_hint:
             # the first execution of a fresh graph pays for graph optimisation; pay it now
             zeros = np.zeros((batch_size_hint, *self._input.shape[1:]), "float32")
@@ -297,16 +317,15 @@ class Extractor:
         return body
 
     def run_reduced(self, weights: WeightValues, x: np.ndarray, raw: Sequence[str] = ()
-                    ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, np.ndarray]]:
-        """Per-channel sufficient statistics of every tap, reduced inside the traced graph.
+                    ) -> tuple[Reduced, dict[str, np.ndarray]]:
+        """Per-channel statistics of every tap, reduced inside the traced graph, plus raw values of ``raw``.
 
-        Returns ({tap: {count, s, m2, abs_sum, min, max, n_zero, n_nan, n_inf} each (N, C),
-        plus "total" (positions per channel)}, {tap: raw value} for the taps in ``raw``).
+        Returns (``Reduced`` with (N, ΣC) arrays, {tap: raw value} for the taps in ``raw``).
         Values are exact only for finite tensors: a tap whose ``s`` is not finite must be
         recomputed from raw values (``core.sweep`` does this).
         Reducing in the graph avoids copying every feature map out of TensorFlow and
-        scanning it again in numpy: the sweep then costs about one forward pass.
-        Statistics are over finite values only (see ``core.stats.Moments``).
+        scanning it again in numpy, and stacking the taps in the graph returns six
+        arrays instead of six per tap: the sweep then costs about one forward pass.
         """
         raw = tuple(t for t in raw if t in self.taps)
         with self._lock:
@@ -316,13 +335,12 @@ class Extractor:
                                  autograph=False)
                 fn.get_concrete_function()
                 self._reduced_fns[raw] = fn
-        red, raws = fn(*self._prepare(weights, x))
-        out = {}
-        for name, vals in zip(self.taps, red):
-            d = {k: v.numpy() for k, v in zip(_REDUCED_KEYS, vals)}
-            d["total"] = int(self._tap_positions[name])
-            out[name] = d
-        return out, {name: v.numpy() for name, v in zip(raw, raws)}
+        stacked, raws = fn(*self._prepare(weights, x))
+        widths = [int(self._tap_shapes[t][-1]) for t in self.taps]
+        red = Reduced(tuple(self.taps), np.concatenate([[0], np.cumsum(widths)]).astype(np.int64),
+                      np.array([self._tap_positions[t] for t in self.taps], np.int64),
+                      {k: v.numpy() for k, v in zip(REDUCED_KEYS, stacked)})
+        return red, {name: v.numpy() for name, v in zip(raw, raws)}
 
     def _reduced_body(self, raw: tuple[str, ...]) -> Any:
         forward = self._forward_body(training=False)
@@ -330,7 +348,9 @@ class Extractor:
         def body(trainable, non_trainable, x):
             outs = forward(trainable, non_trainable, x)
             by_name = dict(zip(self.taps, outs))
-            return [_reduce_tap(t) for t in outs], [by_name[n] for n in raw]
+            per_tap = [_reduce_tap(t) for t in outs]
+            stacked = [tf.concat([r[k] for r in per_tap], axis=1) for k in range(len(REDUCED_KEYS))]
+            return stacked, [by_name[n] for n in raw]
 
         return body
 

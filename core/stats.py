@@ -18,6 +18,7 @@ __all__ = [
     "layer_stats",
     "channel_stats_from_moments",
     "layer_stats_from_moments",
+    "stacked_layer_stats",
     "channel_stats_frame",
     "layer_stats_frame",
     "gate_stats",
@@ -65,7 +66,7 @@ class Moments:
     """
 
     count: np.ndarray  # int64, finite values
-    total: int  # positions per (probe, channel), finite or not
+    total: int | np.ndarray  # positions per (probe, channel), finite or not; int64 (C,) for stacked taps
     s: np.ndarray  # float64 sum
     m2: np.ndarray  # float64 sum of squared deviations from the channel mean
     abs_sum: np.ndarray  # float64 sum of |x|
@@ -206,10 +207,48 @@ def channel_stats_from_moments(m: Moments) -> dict[str, np.ndarray]:
         mean = m.s / cnt
         std = np.sqrt(m.m2 / cnt)
         mean_abs = m.abs_sum / cnt
-        frac_zero = m.n_zero / np.float64(m.total) if m.total else np.full(m.count.shape, np.nan)
+        total = np.asarray(m.total, dtype=np.float64)
+        frac_zero = np.where(total > 0, m.n_zero / np.where(total > 0, total, 1.0), np.nan)
     return {
         "min": m.min, "max": m.max, "mean": mean, "std": std, "mean_abs": mean_abs,
         "frac_zero": np.asarray(frac_zero, dtype=np.float64), "n_nan": m.n_nan, "n_inf": m.n_inf,
+    }
+
+
+def stacked_layer_stats(m: Moments, offsets: np.ndarray, *, dead_eps: float = 0.0) -> dict[str, np.ndarray]:
+    """:func:`layer_stats_from_moments` of many taps at once; arrays (N, T).
+
+    ``m``: moments of T taps stacked along channels (N, ΣC) with ``total`` (ΣC,);
+    tap i owns channels ``offsets[i]:offsets[i + 1]`` (``offsets`` (T + 1,), every
+    tap at least one channel). One set of segment reductions instead of T calls.
+    """
+    offsets = np.asarray(offsets, dtype=np.int64)
+    starts, widths = offsets[:-1], np.diff(offsets)
+    if len(starts) == 0 or (widths <= 0).any():
+        raise ValueError(f"every tap needs at least one channel, got widths {widths.tolist()}")
+    if offsets[0] != 0 or offsets[-1] != m.s.shape[1]:
+        raise ValueError(f"offsets {offsets[0]}..{offsets[-1]} do not cover the {m.s.shape[1]} stacked channels")
+    seg = lambda a: np.add.reduceat(a, starts, axis=1)  # noqa: E731
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cnt_c = m.count.astype(np.float64)
+        cnt = seg(cnt_c)
+        s = seg(m.s)
+        mean = s / cnt
+        mean_c = np.where(m.count > 0, m.s / np.maximum(cnt_c, 1.0), 0.0)
+        # Exact pooled variance: within-channel M2 plus between-channel spread.
+        spread = cnt_c * (mean_c - np.repeat(np.nan_to_num(mean), widths, axis=1)) ** 2
+        std = np.sqrt(seg(m.m2 + spread) / cnt)
+        mean_abs = seg(m.abs_sum) / cnt
+        n_el = seg(np.broadcast_to(np.asarray(m.total, dtype=np.float64), m.count.shape[1:])[None, :])
+        frac_zero = np.where(n_el > 0, seg(m.n_zero) / np.where(n_el > 0, n_el, 1.0), np.nan)
+        # fmin/fmax skip NaN (empty channels) and give NaN only when every channel is empty.
+        mn = np.fmin.reduceat(m.min, starts, axis=1)
+        mx = np.fmax.reduceat(m.max, starts, axis=1)
+        frac_dead = seg(_is_dead(m.max, dead_eps).astype(np.float64)) / widths
+    return {
+        "min": mn, "max": mx, "mean": mean, "std": std, "mean_abs": mean_abs,
+        "frac_zero": np.asarray(frac_zero, dtype=np.float64), "frac_dead_channels": frac_dead,
+        "n_nan": seg(m.n_nan), "n_inf": seg(m.n_inf),
     }
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
 import threading
@@ -16,12 +15,13 @@ import pandas as pd
 
 from core import stats as S
 from core import weightstats as W
-from core.atomic import atomic_write_bytes, atomic_write_json
 from core.engine import ProbeSet, RunEngine, run_probe_set
+from core.extract import Reduced
 from core.runs import Checkpoint, Run, RunError
+from core.sweepcache import CacheMiss, Columns, Part, SegmentCache, concat_columns, rows_to_columns, to_frame
 
 #: Bump when the tables' content changes: old caches are then ignored.
-SWEEP_VERSION = 1
+SWEEP_VERSION = 3
 #: Fixed logit bins (clipped into the end bins) so histograms line up across checkpoints.
 LOGIT_BINS = np.linspace(-12.0, 12.0, 49)
 TABLES = ("channels", "layers", "gates", "gate_hist", "gate_channels", "bn_batch", "extras", "grads")
@@ -78,12 +78,6 @@ class SweepResult:
         return sorted(t["mini_epoch"].unique().tolist()) if t is not None and len(t) else []
 
 
-def _frame_bytes(df: pd.DataFrame) -> bytes:
-    buf = io.BytesIO()
-    df.to_parquet(buf, index=False)
-    return buf.getvalue()
-
-
 def cache_key(probes: ProbeSet, preprocessing: Mapping, taps: Sequence[str], options: SweepOptions) -> str:
     """Folder name of a sweep's cache: probe content, preprocessing, taps, options and version."""
     h = hashlib.sha256(json.dumps({"v": SWEEP_VERSION, "probes": probes.key, "pre": dict(preprocessing),
@@ -92,32 +86,8 @@ def cache_key(probes: ProbeSet, preprocessing: Mapping, taps: Sequence[str], opt
     return f"sweep-{h.hexdigest()[:16]}"
 
 
-class _Layout:
-    """Where a sweep's per-checkpoint parts live: ``cache/<key>/me_000003.<table>.parquet`` + ``.json``."""
-
-    def __init__(self, root: Path):
-        self.root = root
-
-    def part(self, me: int, table: str) -> Path:
-        return self.root / f"me_{me:06d}.{table}.parquet"
-
-    def stamp(self, me: int, prefix: str = "me") -> Path:
-        return self.root / f"{prefix}_{me:06d}.json"
-
-    def valid(self, me: int, identity: list, prefix: str = "me") -> bool:
-        try:
-            return json.loads(self.stamp(me, prefix).read_text())["identity"] == identity
-        except (OSError, ValueError, KeyError):
-            return False
-
-
 def _identity(c: Checkpoint) -> list:
     return [str(c.path), c.size, c.mtime_ns]
-
-
-def _kind_depth(engine: RunEngine) -> tuple[dict[str, str], dict[str, int]]:
-    kinds = engine.tap_kinds()
-    return kinds, {t: i for i, t in enumerate(engine.taps)}
 
 
 def _bn_inputs(engine: RunEngine) -> dict[str, str]:
@@ -166,44 +136,32 @@ def _loss_acc(p: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return loss, acc
 
 
-def _stacked_frame(run: str, me: int, key: str, names: list[str], blocks: list[dict[str, np.ndarray]],
-                   per_channel: bool, n_probes: int) -> pd.DataFrame:
-    """One tidy frame from per-tap stats dicts (each (N, C_tap) or (N,)), built once per checkpoint.
+def to_moments(red: Reduced) -> S.Moments:
+    """``Extractor.run_reduced`` output -> stacked ``core.stats.Moments`` (N, ΣC), writable float64/int64.
 
-    Building one DataFrame per tap and concatenating costs more than the statistics
-    themselves (categorical unions); this stacks the numpy arrays instead.
+    The graph reduces finite tensors only: every position counts, no NaN/Inf.
     """
-    cols: dict[str, list[np.ndarray]] = {}
-    codes, probes, channels = [], [], []
-    for i, st in enumerate(blocks):
-        first = next(iter(st.values()))
-        c = first.shape[1] if per_channel else 1
-        rows = n_probes * c
-        codes.append(np.full(rows, i, np.int32))
-        probes.append(np.repeat(np.arange(n_probes, dtype=np.int32), c))
-        if per_channel:
-            channels.append(np.tile(np.arange(c, dtype=np.int32), n_probes))
-        for k, v in st.items():
-            cols.setdefault(k, []).append(np.asarray(v).ravel())
-    n = int(sum(len(c) for c in codes))
-    out = {"run": pd.Categorical.from_codes(np.zeros(n, np.int8), categories=[run]),
-           "mini_epoch": np.full(n, me, np.int32), "probe": np.concatenate(probes),
-           key: pd.Categorical.from_codes(np.concatenate(codes), categories=names)}
-    if per_channel:
-        out["channel"] = np.concatenate(channels)
-    for k, parts in cols.items():
-        v = np.concatenate(parts)
-        out[k] = v.astype(np.int32) if k in ("n_nan", "n_inf") else v.astype(np.float32)
-    return pd.DataFrame(out)
+    widths = np.diff(red.offsets)
+    total = np.repeat(red.totals, widths)
+    n = red.arrays["s"].shape[0]
+    f64 = lambda k: red.arrays[k].astype(np.float64)  # noqa: E731
+    zeros = np.zeros((n, len(total)), np.int64)
+    return S.Moments(count=np.tile(total, (n, 1)), total=total, s=f64("s"), m2=f64("m2"), abs_sum=f64("abs_sum"),
+                     min=f64("min"), max=f64("max"), n_zero=np.rint(np.nan_to_num(red.arrays["n_zero"])).astype(np.int64),
+                     n_nan=zeros, n_inf=zeros.copy())
 
 
-def to_moments(d: Mapping[str, np.ndarray]) -> S.Moments:
-    """``Extractor.run_reduced`` output for one tap -> ``core.stats.Moments`` (N, C)."""
-    i64 = lambda k: np.rint(d[k]).astype(np.int64)  # noqa: E731 (counts came back as float32)
-    f64 = lambda k: np.asarray(d[k], np.float64)  # noqa: E731
-    return S.Moments(count=i64("count"), total=int(d["total"]), s=f64("s"), m2=f64("m2"),
-                     abs_sum=f64("abs_sum"), min=f64("min"), max=f64("max"), n_zero=i64("n_zero"),
-                     n_nan=i64("n_nan"), n_inf=i64("n_inf"))
+def _columns(m: S.Moments, cols: slice) -> S.Moments:
+    """The channels ``cols`` of stacked moments (one tap's block)."""
+    fields = ("count", "s", "m2", "abs_sum", "min", "max", "n_zero", "n_nan", "n_inf")
+    total = m.total[cols] if isinstance(m.total, np.ndarray) else m.total
+    return S.Moments(total=total, **{f: getattr(m, f)[:, cols] for f in fields})
+
+
+def _put_columns(m: S.Moments, cols: slice, part: S.Moments) -> None:
+    """Overwrite one tap's block of stacked moments with ``part`` (N, C)."""
+    for f in ("count", "s", "m2", "abs_sum", "min", "max", "n_zero", "n_nan", "n_inf"):
+        getattr(m, f)[:, cols] = getattr(part, f)
 
 
 def raw_taps(engine: RunEngine, out_tap: str | None) -> list[str]:
@@ -212,94 +170,189 @@ def raw_taps(engine: RunEngine, out_tap: str | None) -> list[str]:
     return names + ([out_tap] if out_tap else [])
 
 
-def checkpoint_tables(engine: RunEngine, me: int, moments: Mapping[str, S.Moments], acts: Mapping[str, np.ndarray],
-                      probes: ProbeSet, weights: Mapping[str, np.ndarray], wv, options: SweepOptions,
-                      kinds: Mapping[str, str], depth: Mapping[str, int], bn_inputs: Mapping[str, str],
-                      out_tap: str | None) -> dict[str, pd.DataFrame]:
-    """All activation tables of one checkpoint.
+class _Tables:
+    """Builds one checkpoint's activation tables (numpy ``Columns``) for a fixed engine, probe set and options.
 
-    ``moments``: per-tap sufficient statistics (N, C); ``acts``: raw values of the
-    taps listed by ``raw_taps`` (SE gates, logits, model output).
+    Everything that does not depend on the checkpoint (row labels, the preprocessed
+    probe batch, which BatchNorm reads which tap, the categories of name columns) is
+    computed once per sweep.
     """
-    run = engine.run.name
-    pid = np.arange(len(probes), dtype=np.int32)
-    names = list(moments)
-    ch, ly = [], []
-    for tap in names:
-        m = moments[tap]
-        cs, ls = S.channel_stats_from_moments(m), S.layer_stats_from_moments(m)
-        ch.append({k: cs[k] for k in S.STAT_NAMES})
-        ly.append({k: ls[k] for k in S.LAYER_STAT_NAMES})
-    layers = _stacked_frame(run, me, "layer", names, ly, False, len(probes))
-    codes = layers["layer"].cat.codes.to_numpy()
-    layers["kind"] = pd.Categorical(np.array([kinds.get(t, "other") for t in names])[codes])
-    layers["depth"] = np.array([depth[t] for t in names], np.int32)[codes]
-    out = {"channels": _stacked_frame(run, me, "layer", names, ch, True, len(probes)), "layers": layers}
-    gs, gh, gc = [], [], []
-    for b in engine.se_blocks:
-        if b.gate not in acts:
-            continue
-        g = acts[b.gate].reshape(len(probes), -1)
-        st = S.gate_stats(g)
-        gs.append(S.gate_stats_frame(st, run=run, mini_epoch=me, block=b.name, probe_ids=pid))
-        h = S.gate_hist_frame(st["hist"], st["edges"], run=run, mini_epoch=me, block=b.name)
-        h["kind"] = "gate"
-        gh.append(h)
-        lg = acts.get(b.logits_tap)
-        lg = lg.reshape(len(probes), -1) if lg is not None else np.full_like(g, np.nan)
-        if b.logits_tap in acts:
-            hl = S.gate_hist_frame(S.histogram_rows(lg, LOGIT_BINS), LOGIT_BINS, run=run, mini_epoch=me,
-                                   block=b.name)
-            hl["kind"] = "logits"
-            gh.append(hl)
-        n, c = g.shape
-        gc.append(pd.DataFrame({"run": run, "mini_epoch": np.int32(me), "probe": np.repeat(pid, c),
-                                "block": b.name, "channel": np.tile(np.arange(c, dtype=np.int32), n),
-                                "gate": g.ravel().astype(np.float32), "logit": lg.ravel().astype(np.float32)}))
-    for name, parts in (("gates", gs), ("gate_hist", gh), ("gate_channels", gc)):
-        out[name] = S.concat_frames(parts) if parts else pd.DataFrame()
-    bn_rows = []
-    for bn, src in bn_inputs.items():
-        mm, mv = weights.get(f"{bn}/moving_mean"), weights.get(f"{bn}/moving_variance")
-        if mm is None or mv is None or src not in moments:
-            continue
-        bmean, bvar = batch_mean_var(moments[src])
-        with np.errstate(all="ignore"):
-            shift = np.abs(bmean - mm) / np.sqrt(mv + 1e-3)
-            ratio = bvar / (mv + 1e-3)
-        # all-NaN (NaN weights): NaN without numpy's "Mean of empty slice" warning on every checkpoint
-        finite_s, finite_r = ~np.isnan(shift), ~np.isnan(ratio)
-        bn_rows.append({"run": run, "mini_epoch": me, "layer": bn, "input": src,
-                        "mean_shift": float(np.mean(shift[finite_s])) if finite_s.any() else math.nan,
-                        "var_ratio": float(np.median(ratio[finite_r])) if finite_r.any() else math.nan})
-    out["bn_batch"] = pd.DataFrame(bn_rows)
-    n_nan = int(sum(np.isnan(v).sum() for v in weights.values() if v.dtype.kind == "f"))
-    n_inf = int(sum(np.isinf(v).sum() for v in weights.values() if v.dtype.kind == "f"))
-    extras = {"run": run, "mini_epoch": me, "n_probes": len(probes), "n_nan_weights": n_nan,
-              "n_inf_weights": n_inf, "loss": math.nan, "accuracy": math.nan,
-              "loss_train_mode": math.nan, "accuracy_train_mode": math.nan}
-    if out_tap is not None:
-        extras["loss"], extras["accuracy"] = _loss_acc(acts[out_tap], probes.labels)
-    labelled = bool((probes.labels >= 0).any())
-    x = engine.preprocess(probes.images)
-    if options.train_mode and out_tap is not None and labelled:
-        tm = engine.extractor.run_training_mode(wv, x)
-        extras["loss_train_mode"], extras["accuracy_train_mode"] = _loss_acc(tm[out_tap], probes.labels)
-    out["extras"] = pd.DataFrame([extras])
-    grads = []
-    if options.gradients and labelled:
-        ok = probes.labels >= 0
-        try:
-            gn = engine.extractor.gradients(wv, x[ok], probes.labels[ok])
-        except ValueError:
-            gn = {}
-        per_layer: dict[str, float] = {}
-        for path, v in gn.items():
-            layer, _ = W.split_path(path)
-            per_layer[layer] = per_layer.get(layer, 0.0) + float(v) ** 2
-        grads = [{"run": run, "mini_epoch": me, "layer": k, "grad_norm": math.sqrt(v)} for k, v in per_layer.items()]
-    out["grads"] = pd.DataFrame(grads)
-    return out
+
+    def __init__(self, engine: RunEngine, probes: ProbeSet, options: SweepOptions):
+        self.engine, self.probes, self.options = engine, probes, options
+        self.run = engine.run.name
+        self.taps = list(engine.taps)
+        kinds = engine.tap_kinds()
+        self.kinds = [kinds.get(t, "other") for t in self.taps]
+        self.kind_names = sorted(set(self.kinds))
+        self.bn_inputs = _bn_inputs(engine)
+        self.out_tap = output_tap(engine)
+        self.raw = tuple(raw_taps(engine, self.out_tap))
+        self.x = engine.preprocess(probes.images)
+        self.labelled = bool((probes.labels >= 0).any())
+        self.blocks = [b.name for b in engine.se_blocks]
+        self._rows: dict[tuple, dict[str, np.ndarray]] = {}
+
+    def categories(self) -> dict[str, dict[str, list[str]]]:
+        """Name columns stored as codes, per table (see ``core.sweepcache``)."""
+        run = {"run": [self.run]}
+        return {"channels": {**run, "layer": self.taps}, "layers": {**run, "layer": self.taps, "kind": self.kind_names},
+                "gates": {**run, "block": self.blocks}, "gate_channels": {**run, "block": self.blocks},
+                "gate_hist": {**run, "block": self.blocks, "kind": ["gate", "logits"]}}
+
+    def forward(self, wv) -> tuple[S.Moments, Reduced, dict[str, np.ndarray]]:
+        """One reduced forward pass -> stacked moments; taps with NaN/Inf are redone in numpy (masked)."""
+        red, acts = self.engine.extractor.run_reduced(wv, self.x, raw=self.raw)
+        m = to_moments(red)
+        bad_cols = ~np.isfinite(m.s).all(axis=0)
+        if bad_cols.any():
+            bad = [t for i, t in enumerate(red.taps) if bad_cols[red.offsets[i]:red.offsets[i + 1]].any()]
+            redo = self.engine.extractor.run(wv, self.x)
+            for t in bad:
+                _put_columns(m, red.columns(t), S.moments(redo[t]))
+            del redo
+        return m, red, acts
+
+    def _labels(self, offsets: np.ndarray) -> dict[str, np.ndarray]:
+        """Row labels of the channel and layer tables, cached per layout (they do not change between checkpoints).
+
+        Channel rows follow the stacked (N, ΣC) statistics: probe by probe, taps in graph
+        order, channels in order; layer rows go tap by tap, then probe.
+        """
+        n = len(self.probes)
+        key = (n, tuple(offsets.tolist()))
+        if key not in self._rows:
+            widths = np.diff(offsets)
+            tap_of_col = np.repeat(np.arange(len(widths), dtype=np.int32), widths)
+            chan_of_col = (np.arange(int(offsets[-1])) - offsets[tap_of_col]).astype(np.int32)
+            l_layer = np.repeat(np.arange(len(widths), dtype=np.int32), n)
+            kind_code = np.array([self.kind_names.index(k) for k in self.kinds], np.int32)
+            self._rows[key] = {"layer": np.tile(tap_of_col, n), "channel": np.tile(chan_of_col, n),
+                               "probe": np.repeat(np.arange(n, dtype=np.int32), int(offsets[-1])),
+                               "l_layer": l_layer, "l_probe": np.tile(np.arange(n, dtype=np.int32), len(widths)),
+                               "l_kind": kind_code[l_layer]}
+        return self._rows[key]
+
+    def tables(self, me: int, m: S.Moments, red: Reduced, acts: Mapping[str, np.ndarray],
+               weights: Mapping[str, np.ndarray], wv) -> dict[str, Columns]:
+        """Every activation table of one checkpoint; ``m`` stacked moments (N, ΣC), ``acts`` raw taps."""
+        out = self._stat_tables(me, m, red)
+        out.update(self._gate_tables(me, acts))
+        out["bn_batch"] = self._bn_batch(me, m, red, weights)
+        out["extras"], out["grads"] = self._extras_grads(me, acts, weights, wv)
+        return out
+
+    def _stat_tables(self, me: int, m: S.Moments, red: Reduced) -> dict[str, Columns]:
+        rows = self._labels(red.offsets)
+        ch = S.channel_stats_from_moments(m)
+        n_rows = len(rows["layer"])
+        cols = {"run": np.zeros(n_rows, np.int32), "mini_epoch": np.full(n_rows, me, np.int32),
+                "probe": rows["probe"], "layer": rows["layer"], "channel": rows["channel"]}
+        for k in S.STAT_NAMES:
+            cols[k] = np.asarray(ch[k]).ravel().astype(np.int32 if k in _COUNTS else np.float32)
+        ly = S.stacked_layer_stats(m, red.offsets)
+        n_l = len(rows["l_layer"])
+        lcols = {"run": np.zeros(n_l, np.int32), "mini_epoch": np.full(n_l, me, np.int32), "probe": rows["l_probe"],
+                 "layer": rows["l_layer"]}
+        for k in S.LAYER_STAT_NAMES:  # (N, T) -> tap-major rows
+            lcols[k] = np.asarray(ly[k]).T.ravel().astype(np.int32 if k in _COUNTS else np.float32)
+        lcols["kind"] = rows["l_kind"]
+        lcols["depth"] = rows["l_layer"]  # taps are in graph order
+        return {"channels": cols, "layers": lcols}
+
+    def _gate_tables(self, me: int, acts: Mapping[str, np.ndarray]) -> dict[str, Columns]:
+        n = len(self.probes)
+        gs: dict[str, list] = {k: [] for k in ("probe", "block", *_GATE_STATS)}
+        gh: dict[str, list] = {k: [] for k in ("block", "bin_left", "bin_right", "count", "kind")}
+        gc: dict[str, list] = {k: [] for k in ("probe", "block", "channel", "gate", "logit")}
+        for i, b in enumerate(self.engine.se_blocks):
+            if b.gate not in acts:
+                continue
+            g = acts[b.gate].reshape(n, -1)
+            st = S.gate_stats(g)
+            gs["probe"].append(np.arange(n, dtype=np.int32))
+            gs["block"].append(np.full(n, i, np.int32))
+            for k in _GATE_STATS:
+                gs[k].append(np.asarray(st[k], np.float32))
+            hists = [(0, st["hist"], st["edges"])]
+            lg = acts.get(b.logits_tap)
+            if lg is not None:
+                lg = lg.reshape(n, -1)
+                hists.append((1, S.histogram_rows(lg, LOGIT_BINS), LOGIT_BINS))
+            else:
+                lg = np.full_like(g, np.nan)
+            for kind, h, edges in hists:
+                nb = len(edges) - 1
+                gh["block"].append(np.full(nb, i, np.int32))
+                gh["bin_left"].append(np.asarray(edges[:-1], np.float64))
+                gh["bin_right"].append(np.asarray(edges[1:], np.float64))
+                gh["count"].append(h.sum(axis=0).astype(np.int64))
+                gh["kind"].append(np.full(nb, kind, np.int32))
+            c = g.shape[1]
+            gc["probe"].append(np.repeat(np.arange(n, dtype=np.int32), c))
+            gc["block"].append(np.full(n * c, i, np.int32))
+            gc["channel"].append(np.tile(np.arange(c, dtype=np.int32), n))
+            gc["gate"].append(g.ravel().astype(np.float32))
+            gc["logit"].append(lg.ravel().astype(np.float32))
+        out = {}
+        for table, parts, has_probe in (("gates", gs, True), ("gate_hist", gh, False), ("gate_channels", gc, True)):
+            if not parts["block"]:
+                out[table] = {}
+                continue
+            cols = {k: np.concatenate(v) for k, v in parts.items()}
+            k = len(cols["block"])
+            out[table] = {"run": np.zeros(k, np.int32), "mini_epoch": np.full(k, me, np.int32), **cols}
+        return out
+
+    def _bn_batch(self, me: int, m: S.Moments, red: Reduced, weights: Mapping[str, np.ndarray]) -> Columns:
+        rows = []
+        for bn, src in self.bn_inputs.items():
+            mm, mv = weights.get(f"{bn}/moving_mean"), weights.get(f"{bn}/moving_variance")
+            if mm is None or mv is None or src not in red.taps:
+                continue
+            bmean, bvar = batch_mean_var(_columns(m, red.columns(src)))
+            with np.errstate(all="ignore"):
+                shift = np.abs(bmean - mm) / np.sqrt(mv + 1e-3)
+                ratio = bvar / (mv + 1e-3)
+            # all-NaN (NaN weights): NaN without numpy's "Mean of empty slice" warning on every checkpoint
+            finite_s, finite_r = ~np.isnan(shift), ~np.isnan(ratio)
+            rows.append({"run": self.run, "mini_epoch": me, "layer": bn, "input": src,
+                         "mean_shift": float(np.mean(shift[finite_s])) if finite_s.any() else math.nan,
+                         "var_ratio": float(np.median(ratio[finite_r])) if finite_r.any() else math.nan})
+        return rows_to_columns(rows)
+
+    def _extras_grads(self, me: int, acts: Mapping[str, np.ndarray], weights: Mapping[str, np.ndarray],
+                      wv) -> tuple[Columns, Columns]:
+        # a float sum is finite exactly when the array has no NaN/Inf: count only in arrays that have some
+        bad = [v for v in weights.values() if v.dtype.kind == "f" and not np.isfinite(v.sum(dtype=np.float64))]
+        extras = {"run": self.run, "mini_epoch": me, "n_probes": len(self.probes),
+                  "n_nan_weights": int(sum(np.isnan(v).sum() for v in bad)),
+                  "n_inf_weights": int(sum(np.isinf(v).sum() for v in bad)),
+                  "loss": math.nan, "accuracy": math.nan, "loss_train_mode": math.nan, "accuracy_train_mode": math.nan}
+        labels = self.probes.labels
+        if self.out_tap is not None:
+            extras["loss"], extras["accuracy"] = _loss_acc(acts[self.out_tap], labels)
+        if self.options.train_mode and self.out_tap is not None and self.labelled:
+            tm = self.engine.extractor.run_training_mode(wv, self.x)
+            extras["loss_train_mode"], extras["accuracy_train_mode"] = _loss_acc(tm[self.out_tap], labels)
+        grads = []
+        if self.options.gradients and self.labelled:
+            ok = labels >= 0
+            try:
+                gn = self.engine.extractor.gradients(wv, self.x[ok], labels[ok])
+            except ValueError:
+                gn = {}
+            per_layer: dict[str, float] = {}
+            for path, v in gn.items():
+                layer, _ = W.split_path(path)
+                per_layer[layer] = per_layer.get(layer, 0.0) + float(v) ** 2
+            grads = [{"run": self.run, "mini_epoch": me, "layer": k, "grad_norm": math.sqrt(v)}
+                     for k, v in per_layer.items()]
+        return rows_to_columns([extras]), rows_to_columns(grads)
+
+
+_COUNTS = ("n_nan", "n_inf")
+_GATE_STATS = ("frac_low", "frac_high", "frac_half", "mean", "std")
 
 
 def batch_mean_var(m: S.Moments) -> tuple[np.ndarray, np.ndarray]:
@@ -332,143 +385,161 @@ def sweep(run: Run, probes: ProbeSet | None = None, *, taps: Sequence[str] | Non
     if len(probes) == 0:
         raise RunError(run.path, "no probe images: pass probe images or record a probe set with the run")
     key = cache_key(probes, run.manifest.preprocessing, engine.taps, options)
-    layout = _Layout(run.cache_dir / key)
     ckpts = run.checkpoints()
     if mini_epochs is not None:
         wanted = set(mini_epochs)
         ckpts = [c for c in ckpts if c.mini_epoch in wanted]
-    kinds, depth = _kind_depth(engine)
-    bn_inputs = _bn_inputs(engine)
-    out_tap = output_tap(engine)
-    raw_names = raw_taps(engine, out_tap)
+    maker = _Tables(engine, probes, options)
+    cats = maker.categories()
+    cache = SegmentCache(run.cache_dir / key, cats)
     result = SweepResult(run.name, probes.ids, layer_order=tuple(engine.taps),
                          se_blocks=tuple(b.name for b in engine.se_blocks))
     result.problems.extend(run.problems)
-    parts: dict[str, list[pd.DataFrame]] = {t: [] for t in (*TABLES, *WEIGHT_TABLES)}
-    init_w: dict | None = None
-    prev_sel: dict | None = None
-    prev_identity: list | None = None
-    all_ckpts = run.checkpoints()
-    act_slots: list = []  # per swept checkpoint: its activation tables, or a Future of them
-    inflight = None
+    # Result rows in checkpoint order: cached tables ({table: Columns}) or a Future of a written
+    # segment's tables. Tables and Parquet are numpy/arrow work done in one worker thread while
+    # the main thread runs the next forward pass in TensorFlow (which leaves part of a core idle).
+    pieces: list = []
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweep-tables")
-    for i, c in enumerate(ckpts):
-        if stop is not None and stop.is_set():
-            result.problems.append("sweep stopped before the end; run it again to continue")
-            break
-        ident = _identity(c)
-        have_acts = use_cache and layout.valid(c.mini_epoch, ident)
-        w_ident = [ident, prev_identity]
-        have_w = use_cache and (not options.weights or layout.valid(c.mini_epoch, w_ident, "w"))
-        try:
-            if have_acts and have_w:
-                act_slots.append({t: _read_part(layout.part(c.mini_epoch, t)) for t in TABLES})
-                if options.weights:
-                    for t in WEIGHT_TABLES:
-                        parts[t].append(_read_part(layout.part(c.mini_epoch, t)))
-                prev_sel, init_w = None, init_w  # weights not loaded: the next one must read its own
+    inflight: Future | None = None
+
+    def flush() -> None:
+        if cache.pending:
+            pieces.append(pool.submit(cache.write, cache.take()))
+
+    prev_identity: list | None = None
+    chain = _WeightChain(engine, run.checkpoints(), run.name)
+    try:
+        for i, c in enumerate(ckpts):
+            if stop is not None and stop.is_set():
+                result.problems.append("sweep stopped before the end; run it again to continue")
+                break
+            me, ident = c.mini_epoch, _identity(c)
+            w_ident = [ident, prev_identity]
+            cached = cached_w = None
+            if use_cache:
+                cached = _read_cached(cache, "me", me, ident)
+                cached_w = _read_cached(cache, "w", me, w_ident) if options.weights else {}
+            if cached is not None or cached_w:
+                flush()  # keep every table's rows in checkpoint order
+                pieces.append({**(cached or {}), **(cached_w or {})})
+            if cached is not None and cached_w is not None:
+                pool.submit(chain.reset)  # weights not loaded: the next checkpoint must read its predecessor's
                 prev_identity = ident
                 if progress:
-                    progress(i + 1, len(ckpts), f"mini-epoch {c.mini_epoch} (cached)")
+                    progress(i + 1, len(ckpts), f"mini-epoch {me} (cached)")
                 continue
-            weights = engine.read_weights(c)
-        except RunError as e:
-            result.problems.append(str(e))
-            prev_sel, prev_identity = None, None
-            continue
-        except Exception as e:  # a foreign checkpoint that does not load: report, keep going
-            result.problems.append(f"{c.path}: could not be read ({type(e).__name__}: {e})")
-            prev_sel, prev_identity = None, None
-            continue
-        if not have_acts:
             try:
-                wv = engine.weight_values(weights)
-            except ValueError as e:
-                result.problems.append(f"{c.path}: {e}")
-                prev_sel, prev_identity = None, None
+                weights = engine.read_weights(c)
+            except RunError as e:
+                result.problems.append(str(e))
+                pool.submit(chain.reset)
+                prev_identity = None
                 continue
-            red, acts = engine.extractor.run_reduced(wv, engine.preprocess(probes.images), raw=raw_names)
-            moments = {t: to_moments(d) for t, d in red.items()}
-            bad = [t for t, m in moments.items() if not np.isfinite(m.s).all()]
-            if bad:  # NaN/Inf somewhere: redo those taps with masked numpy statistics
-                redo = engine.extractor.run(wv, engine.preprocess(probes.images))
-                moments.update({t: S.moments(redo[t]) for t in bad})
-                del redo
-            if inflight is not None:  # at most one checkpoint post-processing at a time: memory stays flat
-                inflight.result()
-
-            def finish(me=c.mini_epoch, ident=ident, moments=moments, acts=acts, weights=weights, wv=wv):
-                tabs = checkpoint_tables(engine, me, moments, acts, probes, weights, wv, options, kinds,
-                                         depth, bn_inputs, out_tap)
-                layout.root.mkdir(parents=True, exist_ok=True)
-                for t in TABLES:
-                    atomic_write_bytes(layout.part(me, t), _frame_bytes(tabs[t]), fsync=False)
-                atomic_write_json(layout.stamp(me), {"identity": ident})
-                return tabs
-
-            # Tables and Parquet are numpy/pandas work; the next forward pass runs in TensorFlow
-            # (GIL released) meanwhile, so the sweep costs about max(forward, tables), not the sum.
-            inflight = pool.submit(finish)
-            act_slots.append(inflight)
-            del acts, red, moments
-        else:
-            act_slots.append({t: _read_part(layout.part(c.mini_epoch, t)) for t in TABLES})
-        if options.weights:
-            if init_w is None:
-                init_w = _init_weights(engine, all_ckpts, c, weights)
-            if prev_sel is None and prev_identity is not None:
-                prev_sel = _prev_weights(engine, all_ckpts, c)
-            if have_w:
-                for t in WEIGHT_TABLES:
-                    parts[t].append(_read_part(layout.part(c.mini_epoch, t)))
-                _, prev_sel = W.weight_rows(c.mini_epoch, weights, init=init_w, prev=None)
-            else:
-                rows, prev_sel = W.weight_rows(c.mini_epoch, weights, init=init_w, prev=prev_sel)
-                wt = pd.DataFrame(rows)
-                bt = pd.DataFrame(W.batchnorm_stats(c.mini_epoch, weights))
-                for t, df in (("weights", wt), ("batchnorm", bt)):
-                    df.insert(0, "run", run.name)
-                    atomic_write_bytes(layout.part(c.mini_epoch, t), _frame_bytes(df), fsync=False)
-                    parts[t].append(df)
-                atomic_write_json(layout.stamp(c.mini_epoch, "w"), {"identity": w_ident})
-        prev_identity = ident
-        if progress:
-            progress(i + 1, len(ckpts), f"mini-epoch {c.mini_epoch}")
-    try:
-        for slot in act_slots:
-            tabs = slot.result() if isinstance(slot, Future) else slot
-            for t in TABLES:
-                parts[t].append(tabs[t])
+            except Exception as e:  # a foreign checkpoint that does not load: report, keep going
+                result.problems.append(f"{c.path}: could not be read ({type(e).__name__}: {e})")
+                pool.submit(chain.reset)
+                prev_identity = None
+                continue
+            if cached is None:
+                try:
+                    wv = engine.weight_values(weights)
+                except ValueError as e:
+                    result.problems.append(f"{c.path}: {e}")
+                    pool.submit(chain.reset)
+                    prev_identity = None
+                    continue
+                m, red, acts = maker.forward(wv)
+                if inflight is not None:  # one checkpoint's tables in flight: memory stays flat
+                    inflight.result()
+                inflight = pool.submit(maker.tables, me, m, red, acts, weights, wv)
+                cache.add(Part(me, "me", ident, inflight))
+                del m, red, acts
+            if options.weights:  # in the worker too: it holds the first and the previous weights
+                job = pool.submit(chain.step, c, weights, prev_identity is not None, cached_w is None)
+                if cached_w is None:
+                    cache.add(Part(me, "w", w_ident, job))
+            prev_identity = ident
+            if cache.due():
+                flush()
+            if progress:
+                progress(i + 1, len(ckpts), f"mini-epoch {me}")
     finally:
+        flush()  # also when interrupted by an exception: finished checkpoints are kept
         pool.shutdown(wait=True)
-    for t, ps in parts.items():
-        ps = [p for p in ps if len(p)]
-        result.tables[t] = S.concat_frames(ps) if ps else pd.DataFrame()
+        cache.release()
+    tables: dict[str, list[Columns]] = {t: [] for t in (*TABLES, *WEIGHT_TABLES)}
+    for piece in pieces:  # cached: {table: Columns}; written: Future of {table: [Columns, ...]}
+        got = piece.result() if isinstance(piece, Future) else {t: [c] for t, c in piece.items()}
+        for t, cols in got.items():
+            if t in tables:
+                tables[t].extend(c for c in cols if c)
+    cache.collect_garbage()
+    for t, ps in tables.items():
+        result.tables[t] = _frame(ps, cats.get(t, {}))
     return result
 
 
-def _read_part(p: Path) -> pd.DataFrame:
+def _read_cached(cache: SegmentCache, prefix: str, me: int, identity: list) -> dict[str, Columns] | None:
+    """Cached tables of one checkpoint, or None when they must be computed (absent, stale or damaged)."""
+    stamp = cache.valid(prefix, me, identity)
+    if stamp is None:
+        return None
     try:
-        return pd.read_parquet(p)
-    except FileNotFoundError:
-        return pd.DataFrame()
-    except Exception as e:  # a damaged cache file: it is derived data, so say so and recompute next time
-        p.unlink(missing_ok=True)
-        raise RunError(p, f"damaged cache file removed ({type(e).__name__}); run the sweep again") from None
+        return cache.read(stamp, me)
+    except CacheMiss:
+        return None
 
 
-def _init_weights(engine: RunEngine, ckpts: list[Checkpoint], current: Checkpoint, weights) -> dict:
-    """Weights of the first checkpoint (mini-epoch 0 normally): the reference for distance from init."""
+def _frame(parts: list[Columns], cats: Mapping[str, Sequence[str]]) -> pd.DataFrame:
+    """One DataFrame from per-checkpoint Columns; tables whose columns changed between checkpoints are aligned."""
+    try:
+        return to_frame(concat_columns(parts), cats)
+    except ValueError:  # e.g. a cache written by another version of a small table: align by name
+        return pd.concat([to_frame(p, cats) for p in parts if p], ignore_index=True)
+
+
+class _WeightChain:
+    """Weight tables need the first and the previous checkpoint's weights; only the sweep's worker uses this."""
+
+    def __init__(self, engine: RunEngine, ckpts: list[Checkpoint], run_name: str):
+        self.engine, self.ckpts, self.run_name = engine, ckpts, run_name
+        self.init: W.Selected | None = None
+        self.prev: W.Selected | None = None
+
+    def reset(self) -> None:
+        self.prev = None
+
+    def step(self, c: Checkpoint, weights: Mapping[str, np.ndarray], has_prev: bool, compute: bool
+             ) -> dict[str, Columns]:
+        """Weight tables of checkpoint ``c`` (if ``compute``); remembers its weights for the next one.
+
+        ``has_prev``: the checkpoint before ``c`` was read fine, so update ratios refer to it.
+        """
+        if self.init is None:
+            self.init = _init_weights(self.engine, self.ckpts, c, weights)
+        if not compute:
+            self.prev = W.select(weights)
+            return {}
+        if self.prev is None and has_prev:
+            self.prev = _prev_weights(self.engine, self.ckpts, c)
+        rows, self.prev = W.weight_rows(c.mini_epoch, weights, init=self.init, prev=self.prev)
+        run = {"run": self.run_name}
+        return {"weights": rows_to_columns([{**run, **r} for r in rows]),
+                "batchnorm": rows_to_columns([{**run, **r} for r in W.batchnorm_stats(c.mini_epoch, weights)])}
+
+
+def _init_weights(engine: RunEngine, ckpts: list[Checkpoint], current: Checkpoint, weights) -> W.Selected:
+    """Tracked weights of the first checkpoint (mini-epoch 0 normally): the reference for distance from init."""
     first = ckpts[0]
-    return weights if first.mini_epoch == current.mini_epoch else engine.read_weights(first)
+    return W.select(weights if first.mini_epoch == current.mini_epoch else engine.read_weights(first))
 
 
-def _prev_weights(engine: RunEngine, ckpts: list[Checkpoint], current: Checkpoint) -> dict | None:
+def _prev_weights(engine: RunEngine, ckpts: list[Checkpoint], current: Checkpoint) -> W.Selected | None:
+    """Tracked weights of the checkpoint before ``current`` (for update ratios); None if none or unreadable."""
     before = [c for c in ckpts if c.mini_epoch < current.mini_epoch]
     if not before:
         return None
     try:
-        _, sel = W.weight_rows(before[-1].mini_epoch, engine.read_weights(before[-1]), init={}, prev=None)
-        return sel
+        return W.select(engine.read_weights(before[-1]))
     except Exception:
         return None

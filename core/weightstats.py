@@ -16,6 +16,8 @@ __all__ = [
     "norms",
     "weight_norms",
     "weight_rows",
+    "Selected",
+    "select",
     "weight_table",
     "batchnorm_stats",
     "batchnorm_table",
@@ -151,6 +153,45 @@ _WEIGHT_COLUMNS = ["mini_epoch", "layer", "variable", "norm", "dist_from_init", 
                    "update_norm", "update_ratio", "n_nan", "n_inf"]
 
 
+class Selected(dict):
+    """Selected float arrays of one checkpoint (path -> array), as :func:`weight_rows` returns them.
+
+    Also holds the arrays' float64 concatenation and per-array L2 norms once computed,
+    so the next checkpoint's update ratios and every distance from init reuse them.
+    """
+
+    flat: np.ndarray | None = None  # float64 (Σ size,) in key order
+    l2: np.ndarray | None = None  # (n_arrays,) finite-entry L2 norms
+
+
+def select(w: Weights, names: Collection[str] | None = TRAINABLE_NAMES) -> Selected:
+    """The arrays of ``w`` that :func:`weight_rows` tracks, ready to pass as its ``init`` or ``prev``."""
+    return Selected(_selected(w, names))
+
+
+def _flat(sel: Mapping[str, np.ndarray], like: Mapping[str, np.ndarray]) -> np.ndarray | None:
+    """float64 concatenation of ``sel``'s arrays in ``like``'s order; None unless keys and shapes match.
+
+    Cached on ``sel`` when it is a ``Selected`` with exactly ``like``'s keys.
+    """
+    same = isinstance(sel, Selected) and list(sel) == list(like) and all(
+        np.shape(sel[k]) == like[k].shape for k in like)
+    if same and sel.flat is not None:
+        return sel.flat
+    arrs = [sel.get(k) for k in like]
+    if any(a is None or np.shape(a) != like[k].shape for a, k in zip(arrs, like)):
+        return None
+    v = np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in arrs])
+    if same:
+        sel.flat = v
+    return v
+
+
+def _segment_ss(v: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Sum of squares of each segment of ``v`` (segments start at ``starts``, none empty)."""
+    return np.add.reduceat(v * v, starts)
+
+
 def weight_rows(
     mini_epoch: int,
     w: Weights,
@@ -158,13 +199,64 @@ def weight_rows(
     init: Weights,
     prev: Weights | None,
     names: Collection[str] | None = TRAINABLE_NAMES,
-) -> tuple[list[dict], dict[str, np.ndarray]]:
+) -> tuple[list[dict], Selected]:
     """Rows of :func:`weight_table` for one checkpoint, plus the selected arrays to pass as the next ``prev``.
 
     For callers that read each checkpoint once and compute several tables from it.
-    ``prev`` is the previous checkpoint (None: no update columns, NaN).
+    ``prev`` is the previous checkpoint (None: no update columns, NaN). Pass the
+    returned ``Selected`` back as ``prev`` (and a ``Selected`` of the first checkpoint
+    as ``init``) and the norms are computed once per checkpoint, with one set of
+    segment reductions over all variables instead of a loop over them.
     """
-    cur = _selected(w, names)
+    cur = Selected(_selected(w, names))
+    if not cur:
+        return [], cur
+    sizes = np.array([a.size for a in cur.values()], dtype=np.int64)
+    if (sizes == 0).any():
+        return _weight_rows_loop(mini_epoch, cur, init, prev), cur
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    x = np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in cur.values()])
+    cur.flat = x
+    ss = _segment_ss(x, starts)
+    if not np.isfinite(ss).all():  # NaN/Inf: the exact masked per-variable path
+        return _weight_rows_loop(mini_epoch, cur, init, prev), cur
+    cur.l2 = np.sqrt(ss)
+    refs = []
+    for ref in (init, prev):
+        v = _flat(ref, cur) if ref is not None else None
+        if v is None:
+            refs.append((None, None))
+            continue
+        cached = isinstance(ref, Selected) and v is ref.flat
+        l2 = ref.l2 if cached else None
+        if l2 is None:
+            ss_ref = _segment_ss(v, starts)
+            l2 = np.sqrt(ss_ref) if np.isfinite(ss_ref).all() else None
+            if cached:
+                ref.l2 = l2
+        if l2 is None:  # NaN/Inf in the reference
+            refs.append((None, None))
+            continue
+        refs.append((np.sqrt(_segment_ss(x - v, starts)), l2))
+    if any(r[0] is None for r, ref in zip(refs, (init, prev)) if ref is not None and len(ref)):
+        return _weight_rows_loop(mini_epoch, cur, init, prev), cur
+    nan = np.full(len(cur), np.nan)
+    (dist, l2_init), (upd, l2_prev) = [(d, n) if d is not None else (nan, nan) for d, n in refs]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.where(l2_init > 0, dist / np.where(l2_init > 0, l2_init, 1.0), np.nan)
+        ratio = np.where(l2_prev > 0, upd / np.where(l2_prev > 0, l2_prev, 1.0), np.nan)
+    rows = []
+    for i, path in enumerate(cur):
+        layer, var = split_path(path)
+        rows.append({"mini_epoch": int(mini_epoch), "layer": layer, "variable": var, "norm": float(cur.l2[i]),
+                     "dist_from_init": float(dist[i]), "rel_dist_from_init": float(rel[i]),
+                     "update_norm": float(upd[i]), "update_ratio": float(ratio[i]), "n_nan": 0, "n_inf": 0})
+    return rows, cur
+
+
+def _weight_rows_loop(mini_epoch: int, cur: Mapping[str, np.ndarray], init: Weights,
+                      prev: Weights | None) -> list[dict]:
+    """Rows of :func:`weight_rows`, one variable at a time (NaN/Inf-safe)."""
     rows = []
     for path, arr in cur.items():
         layer, var = split_path(path)
@@ -181,7 +273,7 @@ def weight_rows(
             "update_norm": upd, "update_ratio": _ratio(upd, n_prev),
             "n_nan": n.n_nan, "n_inf": n.n_inf,
         })
-    return rows, cur
+    return rows
 
 
 def weight_table(
@@ -204,8 +296,8 @@ def weight_table(
     biases), n_nan, n_inf (int64). Norms use finite entries only; a variable
     missing from ``init``/``prev`` or with a different shape gets NaN there.
     """
-    init_sel = _selected(init, names)
-    prev_sel = _selected(prev, names) if prev is not None else None
+    init_sel = Selected(_selected(init, names))
+    prev_sel = Selected(_selected(prev, names)) if prev is not None else None
     rows: list[dict] = []
     for mini_epoch, w in checkpoints:
         new_rows, prev_sel = weight_rows(mini_epoch, w, init=init_sel, prev=prev_sel, names=names)

@@ -164,6 +164,8 @@ def _live(run_dir: Path) -> None:
 
 
 st.title("Train")
+state.read_query_params()
+state.route("train")  # also leaves Streamlit's pages-folder mode when /train is a fresh server's first URL
 root = state.runs_root()
 data_root = jobs.data_root_from_env()
 st.caption(f"Runs are written under `{root}`; training runs in its own process, one at a time, and keeps "

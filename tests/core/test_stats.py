@@ -355,3 +355,126 @@ def test_gate_hist_float32_edges():
     g = np.array([[0.05, 0.95, 0.5]], dtype=np.float32)
     hist = S.gate_stats(g)["hist"][0]
     assert hist[1] == 1 and hist[19] == 1 and hist[10] == 1
+
+
+# ------------------------------------------------------- stacked taps (sweep engine)
+
+
+def _three_taps() -> list[np.ndarray]:
+    """Three taps of one batch (N = 4) with different shapes and channel counts.
+
+    * conv-like (4, 3, 5, 2): random, mixed signs, clean (fast path);
+    * sequence-like (4, 6, 3): NaN and ±Inf (masked path), channel 1 of probe 2 all NaN (empty);
+    * dense-like (4, 5), positive: channels 0 and 3 exactly zero on every probe (dead),
+      channel 4 negative on probe 1 and channel 1 zero on probe 2 (dead there only).
+    """
+    rng = np.random.default_rng(11)
+    a = rng.standard_normal((4, 3, 5, 2)).astype(np.float32)
+    b = (3.0 + rng.standard_normal((4, 6, 3))).astype(np.float32)
+    b[0, 1, 0] = np.nan
+    b[0, 4, 2] = np.inf
+    b[3, 0, 1] = -np.inf
+    b[2, :, 1] = np.nan
+    b[1, 2, 2] = 0.0
+    c = (0.1 + np.abs(rng.standard_normal((4, 5)))).astype(np.float32)
+    c[:, [0, 3]] = 0.0
+    c[1, 4] = -abs(c[1, 4]) - 0.1
+    c[2, 1] = 0.0
+    return [a, b, c]
+
+
+def _stack(ms: list[S.Moments]) -> tuple[S.Moments, np.ndarray]:
+    """Per-tap moments stacked along channels, as the sweep builds them; plus the tap offsets."""
+    fields = ("count", "s", "m2", "abs_sum", "min", "max", "n_zero", "n_nan", "n_inf")
+    widths = [m.count.shape[1] for m in ms]
+    total = np.repeat(np.array([m.total for m in ms], dtype=np.int64), widths)
+    stacked = S.Moments(total=total, **{f: np.concatenate([getattr(m, f) for m in ms], axis=1) for f in fields})
+    return stacked, np.concatenate([[0], np.cumsum(widths)]).astype(np.int64)
+
+
+def _assert_stats_equal(got: dict, want: dict, names, what: str) -> None:
+    for k in names:
+        g, w = np.asarray(got[k]), np.asarray(want[k])
+        assert g.shape == w.shape, f"{what} {k}: shape {g.shape} != {w.shape}"
+        if k in ("n_nan", "n_inf"):
+            assert_array_equal(g, w, err_msg=f"{what} {k}")
+        else:
+            assert_allclose(g, w, rtol=1e-12, atol=0, equal_nan=True, err_msg=f"{what} {k}")
+
+
+def test_three_taps_cover_the_interesting_cases():
+    """Guard for the stacked tests below: the data really has NaN/Inf, an empty channel and dead channels."""
+    a, b, c = _three_taps()
+    mb, mc = S.moments(b), S.moments(c)
+    assert mb.n_nan.sum() == 1 + 6 and mb.n_inf.sum() == 2
+    assert np.isnan(mb.min[2, 1]) and mb.count[2, 1] == 0  # empty channel
+    assert_array_equal(S.layer_stats_from_moments(mc)["frac_dead_channels"], [2 / 5, 3 / 5, 3 / 5, 2 / 5])
+    assert S.moments(a).total == 15 and mb.total == 6 and mc.total == 1
+
+
+@pytest.mark.parametrize("dead_eps", [0.0, 0.5])
+def test_stacked_layer_stats_equal_per_tap(dead_eps):
+    taps = _three_taps()
+    ms = [S.moments(t) for t in taps]
+    stacked, offsets = _stack(ms)
+    assert_array_equal(offsets, [0, 2, 5, 10])
+    got = S.stacked_layer_stats(stacked, offsets, dead_eps=dead_eps)
+    assert set(got) == set(S.LAYER_STAT_NAMES)
+    for k in S.LAYER_STAT_NAMES:
+        assert np.shape(got[k]) == (4, 3), k
+    for i, m in enumerate(ms):
+        want = S.layer_stats_from_moments(m, dead_eps=dead_eps)
+        _assert_stats_equal({k: v[:, i] for k, v in got.items()}, want, S.LAYER_STAT_NAMES, f"tap {i}")
+    # and layer_stats_from_moments itself agrees with layer_stats on the raw taps
+    for i, t in enumerate(taps):
+        _assert_stats_equal({k: v[:, i] for k, v in got.items()}, S.layer_stats(t, dead_eps=dead_eps),
+                            S.LAYER_STAT_NAMES, f"raw tap {i}")
+
+
+def test_stacked_layer_stats_known_values():
+    """Hand-checked values: the stacked reductions must not mix taps (frac_zero uses each tap's own total)."""
+    t0 = np.array([[[1.0, 0.0], [3.0, 0.0]]])  # (1, 2, 2): 2 positions, 2 channels, channel 1 dead
+    t1 = np.array([[0.0, 2.0, -4.0]])  # (1, 3): 1 position, 3 channels, channels 0 and 2 dead
+    stacked, offsets = _stack([S.moments(t0), S.moments(t1)])
+    assert_array_equal(stacked.total, [2, 2, 1, 1, 1])
+    got = S.stacked_layer_stats(stacked, offsets)
+    assert_array_equal(got["min"], [[0.0, -4.0]])
+    assert_array_equal(got["max"], [[3.0, 2.0]])
+    assert_array_equal(got["mean"], [[1.0, -2 / 3]])
+    assert_allclose(got["std"], [[np.sqrt(1.5), np.sqrt(56 / 9)]], rtol=1e-15)
+    assert_array_equal(got["mean_abs"], [[1.0, 2.0]])
+    assert_array_equal(got["frac_zero"], [[0.5, 1 / 3]])
+    assert_array_equal(got["frac_dead_channels"], [[0.5, 2 / 3]])
+
+
+def test_stacked_layer_stats_tap_without_positions():
+    """A tap with no positions (total 0) gives NaN stats and frac_zero, as the per-tap function does."""
+    ms = [S.moments(np.ones((2, 3, 2), np.float32)), S.moments(np.zeros((2, 0, 3), np.float32))]
+    stacked, offsets = _stack(ms)
+    got = S.stacked_layer_stats(stacked, offsets)
+    for i, m in enumerate(ms):
+        _assert_stats_equal({k: v[:, i] for k, v in got.items()}, S.layer_stats_from_moments(m),
+                            S.LAYER_STAT_NAMES, f"tap {i}")
+    assert np.isnan(got["frac_zero"][:, 1]).all() and (got["frac_zero"][:, 0] == 0).all()
+
+
+def test_channel_stats_from_moments_with_array_total():
+    ms = [S.moments(t) for t in _three_taps()]
+    stacked, offsets = _stack(ms)
+    got = S.channel_stats_from_moments(stacked)
+    for k in S.STAT_NAMES:
+        assert np.shape(got[k]) == (4, 10), k
+    for i, m in enumerate(ms):
+        want = S.channel_stats_from_moments(m)
+        cols = slice(int(offsets[i]), int(offsets[i + 1]))
+        _assert_stats_equal({k: np.asarray(v)[:, cols] for k, v in got.items()}, want, S.STAT_NAMES, f"tap {i}")
+    # frac_zero is over each tap's own positions: the dense tap's zeros are whole (1 position).
+    assert_array_equal(got["frac_zero"][:, 5], 1.0)
+    assert got["frac_zero"].dtype == np.float64
+
+
+@pytest.mark.parametrize("offsets", [[0, 2, 2, 5], [0, 3, 2, 5], [0]], ids=["zero-width", "negative", "no-taps"])
+def test_stacked_layer_stats_rejects_empty_taps(offsets):
+    stacked, _ = _stack([S.moments(np.ones((1, 2, 5), np.float32))])
+    with pytest.raises(ValueError, match="at least one channel"):
+        S.stacked_layer_stats(stacked, np.array(offsets))

@@ -1,16 +1,24 @@
 """Sweep: in-graph statistics equal numpy's, caching, invalidation, resume, NaN handling, streaming."""
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import threading
+import time
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from core import stats as S
+from core import sweepcache
 from core.engine import RunEngine, run_probe_set, single_probe
 from core.runs import Run, RunWriter, read_npz_weights
 from core.sweep import SweepOptions, batch_mean_var, sweep
+from core.sweepcache import Part, SegmentCache, concat_columns, to_frame, write_parquet
 
 
 @pytest.fixture
@@ -126,3 +134,223 @@ def test_weights_tables(run_copy):
     assert (k["update_ratio"].iloc[1:] > 0).all()
     assert set(res.batchnorm["layer"].astype(str)) >= {"stem_bn", "block1_bn1"}
     assert res.grads["grad_norm"].gt(0).any()
+
+
+# ----------------------------------------------------------------- segment cache
+
+FAST = SweepOptions(train_mode=False, gradients=False)
+_SORT = {"layers": ["mini_epoch", "layer", "probe"], "channels": ["mini_epoch", "layer", "probe", "channel"],
+         "gates": ["mini_epoch", "block", "probe"], "weights": ["mini_epoch", "layer", "variable"],
+         "batchnorm": ["mini_epoch", "layer"]}
+
+
+def _key_dir(run: Run) -> Path:
+    dirs = [d for d in run.cache_dir.iterdir() if d.is_dir()]
+    assert len(dirs) == 1, dirs
+    return dirs[0]
+
+
+def _stamp(key_dir: Path, prefix: str, me: int) -> dict:
+    return json.loads((key_dir / f"{prefix}_{me:06d}.json").read_text())
+
+
+def _assert_table_equal(got, want, table: str) -> None:
+    assert len(want) > 0, f"{table} is empty: nothing compared"
+    assert got["mini_epoch"].is_monotonic_increasing, f"{table} rows not in checkpoint order"
+    srt = lambda df: df.sort_values(_SORT[table], kind="stable").reset_index(drop=True)  # noqa: E731
+    pd.testing.assert_frame_equal(srt(got), srt(want), check_categorical=True, obj=table)
+
+
+def _sweep_logged(run: Run) -> tuple[object, list[str]]:
+    msgs: list[str] = []
+    res = sweep(run, options=FAST, progress=lambda done, total, msg: msgs.append(msg))
+    return res, msgs
+
+
+def _expect_msgs(recomputed: set[int]) -> list[str]:
+    return [f"mini-epoch {me}" + ("" if me in recomputed else " (cached)") for me in range(4)]
+
+
+@pytest.fixture
+def one_segment_per_checkpoint(monkeypatch):
+    """Flush after every checkpoint, so each checkpoint's rows are a segment of their own."""
+    monkeypatch.setattr(sweepcache, "FLUSH_SECONDS", 0.0)
+
+
+def _first_sweep(run: Run) -> tuple[object, Path, list[str]]:
+    first, msgs = _sweep_logged(run)
+    assert msgs == _expect_msgs({0, 1, 2, 3}) and first.mini_epochs == [0, 1, 2, 3]
+    d = _key_dir(run)
+    segs = [_stamp(d, "me", me)["segment"] for me in range(4)]
+    assert len(set(segs)) == 4, segs  # precondition of the tests below
+    assert [_stamp(d, "w", me)["segment"] for me in range(4)] == segs
+    return first, d, segs
+
+
+@pytest.mark.parametrize("damage", ["delete", "truncate"])
+def test_damaged_segment_is_recomputed(run_copy, one_segment_per_checkpoint, damage):
+    first, d, segs = _first_sweep(run_copy)
+    victim = d / f"{segs[1]}.channels.parquet"
+    if damage == "delete":
+        victim.unlink()
+    else:
+        data = victim.read_bytes()
+        victim.write_bytes(data[: len(data) // 2])
+    second, msgs = _sweep_logged(run_copy)  # no exception
+    assert msgs == _expect_msgs({1})
+    assert second.problems == first.problems
+    for t in ("layers", "channels", "gates"):
+        _assert_table_equal(second.tables[t], first.tables[t], t)
+    # the recomputed checkpoint got a new, complete segment: the next sweep reads everything back
+    assert _stamp(d, "me", 1)["segment"] not in segs
+    third, msgs = _sweep_logged(run_copy)
+    assert msgs == _expect_msgs(set())
+    for t in ("layers", "channels"):
+        _assert_table_equal(third.tables[t], first.tables[t], t)
+
+
+def test_damaged_activation_segment_keeps_weight_rows(run_copy, one_segment_per_checkpoint):
+    first, d, segs = _first_sweep(run_copy)
+    (d / f"{segs[1]}.channels.parquet").unlink()
+    second, msgs = _sweep_logged(run_copy)
+    assert msgs == _expect_msgs({1})
+    for t in ("weights", "batchnorm"):
+        _assert_table_equal(second.tables[t], first.tables[t], t)
+
+
+@pytest.mark.parametrize("prefix,content", [
+    ("me", b"\xff\x00{not json"),  # not even UTF-8
+    ("me", b'{"identity": 3}'),  # valid JSON, not a stamp
+    ("me", b'["identity", "segment"]'),
+    ("w", b"{\"identity\": [1, 2"),
+], ids=["me-binary", "me-no-segment", "me-list", "w-truncated"])
+def test_garbage_stamp_is_recomputed(run_copy, one_segment_per_checkpoint, prefix, content):
+    first, d, segs = _first_sweep(run_copy)
+    (d / f"{prefix}_000002.json").write_bytes(content)
+    second, msgs = _sweep_logged(run_copy)
+    assert msgs == _expect_msgs({2})
+    assert _stamp(d, prefix, 2)["segment"] not in segs  # rewritten
+    tables = ("layers", "channels") if prefix == "me" else ("layers", "weights", "batchnorm")
+    for t in tables:
+        _assert_table_equal(second.tables[t], first.tables[t], t)
+
+
+def _cols(me: int, n: int = 2) -> dict[str, np.ndarray]:
+    return {"mini_epoch": np.full(n, me, np.int32), "layer": np.arange(n, dtype=np.int32) % 2,
+            "x": np.arange(n, dtype=np.float64) + me}
+
+
+def _age(paths, seconds: float) -> None:
+    t = time.time() - seconds
+    for p in paths:
+        os.utime(p, (t, t))
+
+
+def test_collect_garbage_deletes_only_old_unreferenced_segments(tmp_path, monkeypatch):
+    cats = {"t": {"layer": ["a", "b"]}, "u": {"layer": ["a", "b"]}}
+    cache = SegmentCache(tmp_path / "k", cats)
+    root = cache.root
+    cache.collect_garbage()  # no folder yet: nothing to do, no error
+    # one segment, two tables (as a sweep writes activation and weight tables of a checkpoint)
+    cache.write([Part(3, "me", ["id3"], {"t": _cols(3)}), Part(3, "w", ["w3"], {"u": _cols(3, 1)})])
+    cache.write([Part(6, "w", ["w6"], {"u": _cols(6)})])  # a segment only a weight stamp points at
+    cache.write([Part(4, "me", ["old"], {"t": _cols(4)})])
+    orphan = {p.name.split(".")[0] for p in root.glob("seg-*.parquet")} - {
+        _stamp(root, "me", 3)["segment"], _stamp(root, "w", 6)["segment"]}
+    cache.write([Part(4, "me", ["new"], {"t": _cols(4)})])  # checkpoint 4 changed: its old segment is orphaned
+    (orphan_seg,) = orphan
+    assert _stamp(root, "me", 4)["segment"] != orphan_seg
+    (root / "me_000009.json").write_bytes(b"\x00garbage")  # unreadable stamps are skipped, not fatal
+    (root / "notes.parquet").write_bytes(b"not a segment")
+    orphan_file = root / f"{orphan_seg}.t.parquet"
+    everything = sorted(root.iterdir())
+    assert orphan_file in everything and len(list(root.glob("seg-*.parquet"))) == 5
+
+    cache.collect_garbage()  # all fresh: another process may still be reading the orphan
+    assert sorted(root.iterdir()) == everything
+
+    _age(everything, sweepcache.GC_AFTER_SECONDS - 30)  # not old enough yet
+    cache.collect_garbage()
+    assert sorted(root.iterdir()) == everything
+
+    _age(everything, sweepcache.GC_AFTER_SECONDS + 30)
+    cache.collect_garbage()
+    assert sorted(root.iterdir()) == [p for p in everything if p != orphan_file]
+    # the live segments are intact: both checkpoints read back
+    fresh = SegmentCache(root, cats)
+    for me in (3, 4):
+        got = fresh.read(fresh.valid("me", me, ["id3"] if me == 3 else ["new"]), me)
+        for k, v in _cols(me).items():
+            np.testing.assert_array_equal(got["t"][k], v)
+    assert fresh.read(fresh.valid("w", 3, ["w3"]), 3)["u"]["x"].tolist() == [3.0]
+    assert fresh.read(fresh.valid("w", 6, ["w6"]), 6)["u"]["x"].tolist() == [6.0, 7.0]
+
+    # the age limit is read when collecting: an orphan is kept under a long limit, deleted under 0
+    cache.write([Part(5, "me", ["a"], {"t": _cols(5)})])
+    cache.write([Part(5, "me", ["b"], {"t": _cols(5)})])
+    live5 = _stamp(root, "me", 5)["segment"]
+    orphan5 = [p for p in root.glob("seg-*.parquet") if p.name.split(".")[0] not in
+               {live5, *(_stamp(root, "me", me)["segment"] for me in (3, 4)), _stamp(root, "w", 6)["segment"]}]
+    assert len(orphan5) == 1
+    _age(orphan5, 1000)
+    monkeypatch.setattr(sweepcache, "GC_AFTER_SECONDS", 1e6)
+    cache.collect_garbage()
+    assert orphan5[0].exists()
+    monkeypatch.setattr(sweepcache, "GC_AFTER_SECONDS", 0.0)
+    cache.collect_garbage()
+    assert not orphan5[0].exists() and (root / f"{live5}.t.parquet").exists()
+
+
+def test_channels_table_order_and_dtypes(run_copy):
+    eng = RunEngine(run_copy)
+    res = sweep(run_copy, engine=eng, options=FAST)
+    taps = list(eng.taps)
+    n = len(run_probe_set(run_copy))
+    width = {t.name: int(t.shape[-1]) for t in eng.extractor.tappable}
+    ch = res.channels
+    assert ch["mini_epoch"].dtype == np.int32
+    assert ch["probe"].dtype == np.int32 and ch["channel"].dtype == np.int32
+    assert isinstance(ch["layer"].dtype, pd.CategoricalDtype)
+    assert list(ch["layer"].cat.categories) == taps
+    assert ch["mini_epoch"].is_monotonic_increasing
+    assert len(ch) == 4 * n * sum(width[t] for t in taps)
+    for me in range(4):
+        at = ch[ch["mini_epoch"] == me]
+        assert set(at["layer"].astype(str)) == set(taps)
+        for tap in taps:
+            rows = at[at["layer"] == tap]  # in table order, not sorted
+            c = width[tap]
+            np.testing.assert_array_equal(rows["probe"].to_numpy(), np.repeat(np.arange(n), c), err_msg=tap)
+            np.testing.assert_array_equal(rows["channel"].to_numpy(), np.tile(np.arange(c), n), err_msg=tap)
+    lay = res.layers
+    assert list(lay["layer"].cat.categories) == taps and lay["mini_epoch"].dtype == np.int32
+    assert len(lay) == 4 * n * len(taps)
+    first = lay[lay["mini_epoch"] == 0]
+    np.testing.assert_array_equal(first["depth"].to_numpy(), [taps.index(t) for t in first["layer"].astype(str)])
+
+
+def test_write_parquet_int_column_that_became_float(tmp_path):
+    cats = {"layer": ["a", "b", "c"]}
+    p1 = {"mini_epoch": np.array([0, 0], np.int32), "layer": np.array([0, 2], np.int32),
+          "n": np.array([1, 2 ** 40], np.int64), "name": np.array(["x", "y"], object)}
+    p2 = {"mini_epoch": np.array([1], np.int32), "layer": np.array([1], np.int32),
+          "n": np.array([np.nan]), "name": np.array(["z"], object)}
+    path = tmp_path / "seg-x.t.parquet"
+    write_parquet(path, [p1, {}, p2], cats)  # the empty part is skipped
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temp file left behind
+    got = pq.read_table(path).to_pandas()
+    want = to_frame(concat_columns([p1, p2]), cats)
+    assert want["n"].dtype == np.float64
+    pd.testing.assert_frame_equal(got, want)
+    assert got["n"].tolist()[:2] == [1.0, 2.0 ** 40] and np.isnan(got["n"].iloc[2])
+    # and through the cache reader, checkpoint by checkpoint
+    cache = SegmentCache(tmp_path, {"t": cats})
+    stamp = {"identity": [], "segment": "seg-x", "tables": ["t"]}
+    r0, r1 = cache.read(stamp, 0)["t"], cache.read(stamp, 1)["t"]
+    np.testing.assert_array_equal(r0["layer"], [0, 2])
+    np.testing.assert_array_equal(r0["n"], [1.0, 2.0 ** 40])
+    assert r1["name"].tolist() == ["z"] and np.isnan(r1["n"]).all()
+    # same schema: one row group per part, values unchanged
+    write_parquet(path, [p1, {**p2, "n": np.array([7], np.int64)}], cats)
+    assert pq.ParquetFile(path).metadata.num_row_groups == 2
+    assert pq.read_table(path).column("n").to_pylist() == [1, 2 ** 40, 7]

@@ -174,3 +174,248 @@ def test_iter_npz(tmp_path):
         paths.append((t, str(p)))
     df = W.weight_table(W.iter_npz(paths), init=dict(np.load(paths[0][1])))
     assert df.update_ratio.tolist()[1:] == [1.0, 0.5]
+
+
+# ------------------------------------------------ vectorised weight_rows vs the per-variable loop
+
+_LOOP = W._weight_rows_loop  # the reference, captured before any test wraps it
+_FLOAT_COLS = ("norm", "dist_from_init", "rel_dist_from_init", "update_norm", "update_ratio")
+_TRACKED = ["conv/kernel", "conv/bias", "bn/gamma", "bn/beta", "dense/kernel", "dense/bias", "frozen/bias"]
+
+
+def run_ckpts(n: int = 4) -> list[dict[str, np.ndarray]]:
+    """``n`` checkpoints of a small model in model order, drifting randomly from a Keras-like init.
+
+    conv/bias, dense/bias and bn/beta start at exactly 0 (relative distance NaN, first update ratio
+    NaN); frozen/bias stays 0 throughout (0/0 every time); moving statistics and the integer seed
+    state are not tracked.
+    """
+    rng = np.random.default_rng(7)
+    base = {
+        "conv/kernel": rng.standard_normal((3, 3, 2, 4)).astype(np.float32),
+        "conv/bias": np.zeros(4, np.float32),
+        "bn/gamma": np.ones(4, np.float32),
+        "bn/beta": np.zeros(4, np.float32),
+        "bn/moving_mean": np.zeros(4, np.float32),
+        "bn/moving_variance": np.ones(4, np.float32),
+        "dense/kernel": rng.standard_normal((4, 3)).astype(np.float32),
+        "dense/bias": np.zeros(3, np.float32),
+        "frozen/bias": np.zeros(2, np.float32),
+        "rng/seed_generator_state": np.array([1, 0], np.uint32),
+    }
+    out = [base]
+    for _ in range(n - 1):
+        w = {}
+        for k, v in out[-1].items():
+            moves = v.dtype.kind == "f" and k != "frozen/bias"
+            w[k] = (v + 0.1 * rng.standard_normal(v.shape)).astype(v.dtype) if moves else v.copy()
+        out.append(w)
+    return out
+
+
+def _expected(me, w, init, prev) -> list[dict]:
+    return _LOOP(me, W._selected(w, W.TRAINABLE_NAMES), init, prev)
+
+
+def assert_rows_equal(got: list[dict], want: list[dict]) -> None:
+    assert len(got) == len(want) > 0
+    for g, w in zip(got, want):
+        assert list(g) == list(w)
+        where = f"{w['mini_epoch']} {w['layer']}/{w['variable']}"
+        for k in ("mini_epoch", "layer", "variable", "n_nan", "n_inf"):
+            assert g[k] == w[k] and type(g[k]) is type(w[k]), f"{where} {k}: {g[k]!r} != {w[k]!r}"
+        for k in _FLOAT_COLS:
+            assert isinstance(g[k], float), f"{where} {k} is {type(g[k])}"
+            np.testing.assert_allclose(g[k], w[k], rtol=1e-12, atol=0, equal_nan=True, err_msg=f"{where} {k}")
+
+
+def _norm(a, b=None) -> float:
+    """Independent reference: float64 L2 norm of a (or a − b) over the entries finite in both."""
+    d = np.asarray(a, np.float64) - (0 if b is None else np.asarray(b, np.float64))
+    d = d[np.isfinite(d)]
+    return float(np.sqrt((d * d).sum()))
+
+
+def _by_path(rows: list[dict]) -> dict[str, dict]:
+    return {f"{r['layer']}/{r['variable']}": r for r in rows}
+
+
+@pytest.fixture
+def loop_calls(monkeypatch) -> list[int]:
+    """Mini-epochs for which weight_rows fell back to the per-variable loop."""
+    calls: list[int] = []
+
+    def spy(mini_epoch, *args, **kw):
+        calls.append(mini_epoch)
+        return _LOOP(mini_epoch, *args, **kw)
+
+    monkeypatch.setattr(W, "_weight_rows_loop", spy)
+    return calls
+
+
+def test_weight_rows_vectorised_equals_loop_plain_dicts(loop_calls):
+    ck = run_ckpts()
+    for t, w in enumerate(ck):
+        prev = ck[t - 1] if t else None
+        rows, sel = W.weight_rows(t, w, init=ck[0], prev=prev)
+        assert_rows_equal(rows, _expected(t, w, ck[0], prev))
+        assert isinstance(sel, W.Selected) and list(sel) == _TRACKED
+        r = _by_path(rows)
+        # independent values (not only "same as the loop")
+        np.testing.assert_allclose(r["dense/kernel"]["norm"], _norm(w["dense/kernel"]), rtol=1e-12)
+        np.testing.assert_allclose(r["conv/kernel"]["dist_from_init"], _norm(w["conv/kernel"], ck[0]["conv/kernel"]),
+                                   rtol=1e-12, atol=0)
+        for b in ("conv/bias", "dense/bias", "bn/beta", "frozen/bias"):  # zero-initialised: ratio to ‖W0‖ = 0
+            assert np.isnan(r[b]["rel_dist_from_init"]), b
+        assert r["frozen/bias"]["dist_from_init"] == 0.0
+        if t == 0:
+            assert all(np.isnan(x["update_norm"]) and np.isnan(x["update_ratio"]) for x in rows)
+        else:
+            u = r["conv/kernel"]
+            np.testing.assert_allclose(u["update_ratio"], _norm(w["conv/kernel"], prev["conv/kernel"])
+                                       / _norm(prev["conv/kernel"]), rtol=1e-12)
+            # ‖W_{t-1}‖ = 0: at t = 1 for the zero-initialised biases, always for the frozen one
+            assert np.isnan(r["conv/bias"]["update_ratio"]) == (t == 1)
+            assert np.isnan(r["frozen/bias"]["update_ratio"]) and r["frozen/bias"]["update_norm"] == 0.0
+            assert np.isfinite(r["conv/bias"]["update_norm"]) and r["conv/bias"]["update_norm"] > 0
+    assert loop_calls == []  # the clean case takes the vectorised path: the comparison above is not loop vs loop
+
+
+def test_weight_rows_selected_passed_back_as_prev(loop_calls):
+    ck = run_ckpts()
+    init = W.select(ck[0])
+    assert isinstance(init, W.Selected) and list(init) == _TRACKED
+    prev = None
+    for t, w in enumerate(ck):
+        rows, sel = W.weight_rows(t, w, init=init, prev=prev)
+        assert_rows_equal(rows, _expected(t, w, ck[0], ck[t - 1] if t else None))
+        assert isinstance(sel, W.Selected) and sel is not prev
+        prev = sel  # handed back 3 times (t = 1, 2, 3)
+    assert loop_calls == []
+
+
+def test_selected_caches_flat_and_l2():
+    ck = run_ckpts()
+    init = W.select(ck[0])
+    assert init.flat is None and init.l2 is None
+    rows1, sel1 = W.weight_rows(1, ck[1], init=init, prev=None)
+    flat, l2 = init.flat, init.l2
+    assert flat is not None and l2 is not None
+    arrays = [ck[0][k] for k in _TRACKED]
+    np.testing.assert_array_equal(flat, np.concatenate([a.astype(np.float64).ravel() for a in arrays]))
+    assert flat.dtype == np.float64
+    np.testing.assert_allclose(l2, [_norm(a) for a in arrays], rtol=1e-12, atol=0)
+    # the returned Selected carries its own cache, ready for the next checkpoint
+    np.testing.assert_array_equal(sel1.flat, np.concatenate([ck[1][k].astype(np.float64).ravel() for k in _TRACKED]))
+    np.testing.assert_allclose(sel1.l2, [r["norm"] for r in rows1], rtol=0)
+    sel1_flat, sel1_l2 = sel1.flat, sel1.l2
+    rows2, _ = W.weight_rows(2, ck[2], init=init, prev=sel1)
+    assert init.flat is flat and init.l2 is l2  # reused, not recomputed
+    assert sel1.flat is sel1_flat and sel1.l2 is sel1_l2
+    assert_rows_equal(rows2, _expected(2, ck[2], ck[0], ck[1]))
+    # ...and really read from the cache: a (deliberately) wrong cached ‖W0‖ shows in the result
+    init.l2 = 2 * l2
+    rows2b, _ = W.weight_rows(2, ck[2], init=init, prev=sel1)
+    got = np.array([r["rel_dist_from_init"] for r in rows2b])
+    want = np.array([r["rel_dist_from_init"] for r in rows2])
+    np.testing.assert_allclose(got, want / 2, rtol=1e-12, equal_nan=True)
+
+
+def _without(w: dict, key: str) -> dict:
+    return {k: v for k, v in w.items() if k != key}
+
+
+def _case(name: str):
+    """(w, init, prev, check) for one fallback case; ``check(rows)`` asserts independent values."""
+    ck = run_ckpts()
+    w, init, prev = ck[2], ck[0], ck[1]
+    if name == "missing-in-init":
+        init = _without(init, "dense/kernel")
+
+        def check(r):
+            assert np.isnan(r["dense/kernel"]["dist_from_init"]) and np.isnan(r["dense/kernel"]["rel_dist_from_init"])
+            assert np.isfinite(r["dense/kernel"]["update_ratio"])
+            np.testing.assert_allclose(r["conv/kernel"]["dist_from_init"], _norm(w["conv/kernel"], init["conv/kernel"]),
+                                       rtol=1e-12)
+    elif name == "shape-mismatch-in-prev":
+        prev = {**prev, "dense/kernel": prev["dense/kernel"].reshape(3, 4)}  # same size, other shape
+
+        def check(r):
+            assert np.isnan(r["dense/kernel"]["update_norm"]) and np.isnan(r["dense/kernel"]["update_ratio"])
+            assert np.isfinite(r["dense/kernel"]["dist_from_init"])
+            np.testing.assert_allclose(r["conv/kernel"]["update_norm"], _norm(w["conv/kernel"], prev["conv/kernel"]),
+                                       rtol=1e-12)
+    elif name == "nan-in-current":
+        w = {**w, "conv/kernel": w["conv/kernel"].copy(), "dense/kernel": w["dense/kernel"].copy()}
+        w["conv/kernel"][0, 0, 0, 0] = np.nan
+        w["dense/kernel"][1, 1] = -np.inf
+
+        def check(r):
+            assert (r["conv/kernel"]["n_nan"], r["conv/kernel"]["n_inf"]) == (1, 0)
+            assert (r["dense/kernel"]["n_nan"], r["dense/kernel"]["n_inf"]) == (0, 1)
+            np.testing.assert_allclose(r["conv/kernel"]["norm"], _norm(w["conv/kernel"]), rtol=1e-12)
+            np.testing.assert_allclose(r["dense/kernel"]["update_norm"],
+                                       _norm(w["dense/kernel"], prev["dense/kernel"]), rtol=1e-12)
+            assert np.isfinite(r["dense/kernel"]["norm"])
+    elif name == "nan-in-init":
+        init = {**init, "conv/kernel": init["conv/kernel"].copy()}
+        init["conv/kernel"][1, 2, 0, 3] = np.nan
+
+        def check(r):
+            c = r["conv/kernel"]
+            dist = _norm(w["conv/kernel"], init["conv/kernel"])
+            np.testing.assert_allclose(c["dist_from_init"], dist, rtol=1e-12)
+            np.testing.assert_allclose(c["rel_dist_from_init"], dist / _norm(init["conv/kernel"]), rtol=1e-12)
+            assert c["n_nan"] == 0
+            np.testing.assert_allclose(r["dense/kernel"]["dist_from_init"],
+                                       _norm(w["dense/kernel"], init["dense/kernel"]), rtol=1e-12)
+    elif name == "zero-init-bias":
+        def check(r):
+            assert np.isnan(r["conv/bias"]["rel_dist_from_init"]) and r["conv/bias"]["dist_from_init"] > 0
+            assert np.isfinite(r["conv/bias"]["update_ratio"])
+            assert np.isnan(r["frozen/bias"]["update_ratio"]) and np.isnan(r["frozen/bias"]["rel_dist_from_init"])
+    else:
+        raise AssertionError(name)
+    return w, init, prev, check
+
+
+_CASES = ["missing-in-init", "shape-mismatch-in-prev", "nan-in-current", "nan-in-init", "zero-init-bias"]
+
+
+@pytest.mark.parametrize("as_selected", [False, True], ids=["dicts", "selected"])
+@pytest.mark.parametrize("case", _CASES)
+def test_weight_rows_fallback_cases_equal_loop(case, as_selected, loop_calls):
+    w, init, prev, check = _case(case)
+    snapshot = [{k: v.copy() for k, v in d.items()} for d in (w, init, prev)]
+    want = _expected(2, w, init, prev)
+    ref_init, ref_prev = init, prev
+    if as_selected:
+        init, prev = W.select(init), W.select(prev)
+        # prime their caches the way a sweep does (each was once the current checkpoint)
+        W.weight_rows(0, ref_init, init=init, prev=None)
+        W.weight_rows(1, ref_prev, init=prev, prev=None)
+        loop_calls.clear()
+    rows, sel = W.weight_rows(2, w, init=init, prev=prev)
+    assert_rows_equal(rows, want)
+    check(_by_path(rows))
+    if case == "zero-init-bias":
+        assert loop_calls == []  # a zero denominator is no reason to leave the vectorised path
+    assert list(sel) == _TRACKED
+    for before, after in zip(snapshot, (w, ref_init, ref_prev)):  # the inputs are not modified
+        assert list(before) == list(after)
+        for k in before:
+            assert_array_equal(after[k], before[k])
+
+
+def test_weight_rows_nan_checkpoint_then_clean_one(loop_calls):
+    """A NaN checkpoint's Selected (its flat cache holds NaN) handed on as prev to a clean checkpoint."""
+    ck = run_ckpts()
+    ck[2] = {**ck[2], "dense/kernel": ck[2]["dense/kernel"].copy()}
+    ck[2]["dense/kernel"][0, 0] = np.nan
+    init, prev = W.select(ck[0]), None
+    for t, w in enumerate(ck):
+        rows, prev = W.weight_rows(t, w, init=init, prev=prev)
+        assert_rows_equal(rows, _expected(t, w, ck[0], ck[t - 1] if t else None))
+    r = _by_path(rows)["dense/kernel"]  # t = 3: update over the entries finite in both
+    np.testing.assert_allclose(r["update_norm"], _norm(ck[3]["dense/kernel"], ck[2]["dense/kernel"]), rtol=1e-12)
+    assert loop_calls[:1] == [2]  # the NaN checkpoint itself used the masked loop
