@@ -187,7 +187,8 @@ def moments(a: np.ndarray, *, chunk_elements: int = _CHUNK_ELEMENTS) -> Moments:
             k, q = block.shape[:2]
             x64 = buf[:k, :q]
             np.copyto(x64, block)
-            s = np.matmul(ones[:q], x64)
+            with np.errstate(invalid="ignore", over="ignore"):  # NaN/Inf are detected just below
+                s = np.matmul(ones[:q], x64)
             if q > 0 and np.isfinite(s).all():
                 m = _block_moments_finite(block, x64, s, ones[:q], scratch[:k, :q])
             else:
