@@ -260,7 +260,11 @@ class Extractor:
         self._grad_fns: dict[bool, Any] = {}
         self._reduced_fns: dict[tuple[str, ...], Any] = {}
         self._tap_positions = {t.name: _positions(t.shape) for t in table}
-        self._tap_shapes = {t.name: t.shape for t in table}
+        shape = {t.name: t.shape for t in table}
+        # layout of run_reduced's stacked statistics: tap i owns columns offsets[i]:offsets[i + 1]
+        self._red_offsets = np.concatenate([[0], np.cumsum([int(shape[t][-1]) for t in self.taps])]).astype(np.int64)
+        self._red_totals = np.array([self._tap_positions[t] for t in self.taps], np.int64)
+        self._red_offsets.flags.writeable = self._red_totals.flags.writeable = False  # shared by every result
         if batch_size_hint:
             # the first execution of a fresh graph pays for graph optimisation; pay it now
             zeros = np.zeros((batch_size_hint, *self._input.shape[1:]), "float32")
@@ -336,9 +340,7 @@ class Extractor:
                 fn.get_concrete_function()
                 self._reduced_fns[raw] = fn
         stacked, raws = fn(*self._prepare(weights, x))
-        widths = [int(self._tap_shapes[t][-1]) for t in self.taps]
-        red = Reduced(tuple(self.taps), np.concatenate([[0], np.cumsum(widths)]).astype(np.int64),
-                      np.array([self._tap_positions[t] for t in self.taps], np.int64),
+        red = Reduced(tuple(self.taps), self._red_offsets, self._red_totals,
                       {k: v.numpy() for k, v in zip(REDUCED_KEYS, stacked)})
         return red, {name: v.numpy() for name, v in zip(raw, raws)}
 

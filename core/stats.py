@@ -12,6 +12,7 @@ __all__ = [
     "LAYER_STAT_NAMES",
     "GATE_BINS",
     "Moments",
+    "MOMENT_ARRAYS",
     "moments",
     "merge_moments",
     "channel_stats",
@@ -75,6 +76,10 @@ class Moments:
     n_zero: np.ndarray  # int64
     n_nan: np.ndarray  # int64
     n_inf: np.ndarray  # int64
+
+
+#: The (N, C) array fields of :class:`Moments` (all but ``total``).
+MOMENT_ARRAYS: tuple[str, ...] = ("count", "s", "m2", "abs_sum", "min", "max", "n_zero", "n_nan", "n_inf")
 
 
 def _as_npc(a: np.ndarray) -> np.ndarray:
@@ -197,8 +202,7 @@ def moments(a: np.ndarray, *, chunk_elements: int = _CHUNK_ELEMENTS) -> Moments:
         parts.append(acc)
     if not parts:  # N == 0
         return _block_moments_masked(x)
-    fields = ("count", "s", "m2", "abs_sum", "min", "max", "n_zero", "n_nan", "n_inf")
-    return Moments(total=p, **{f: np.concatenate([getattr(m, f) for m in parts]) for f in fields})
+    return Moments(total=p, **{f: np.concatenate([getattr(m, f) for m in parts]) for f in MOMENT_ARRAYS})
 
 
 def channel_stats_from_moments(m: Moments) -> dict[str, np.ndarray]:

@@ -153,14 +153,13 @@ def to_moments(red: Reduced) -> S.Moments:
 
 def _columns(m: S.Moments, cols: slice) -> S.Moments:
     """The channels ``cols`` of stacked moments (one tap's block)."""
-    fields = ("count", "s", "m2", "abs_sum", "min", "max", "n_zero", "n_nan", "n_inf")
     total = m.total[cols] if isinstance(m.total, np.ndarray) else m.total
-    return S.Moments(total=total, **{f: getattr(m, f)[:, cols] for f in fields})
+    return S.Moments(total=total, **{f: getattr(m, f)[:, cols] for f in S.MOMENT_ARRAYS})
 
 
 def _put_columns(m: S.Moments, cols: slice, part: S.Moments) -> None:
     """Overwrite one tap's block of stacked moments with ``part`` (N, C)."""
-    for f in ("count", "s", "m2", "abs_sum", "min", "max", "n_zero", "n_nan", "n_inf"):
+    for f in S.MOMENT_ARRAYS:
         getattr(m, f)[:, cols] = getattr(part, f)
 
 

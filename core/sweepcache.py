@@ -1,7 +1,6 @@
 """On-disk cache of sweep tables: Parquet segments of many checkpoints, one JSON stamp per checkpoint."""
 from __future__ import annotations
 
-import io
 import json
 import os
 import secrets
@@ -41,9 +40,13 @@ class Part:
     tables: Any
 
 
+def has_rows(cols: Columns) -> bool:
+    return bool(cols) and len(next(iter(cols.values()))) > 0
+
+
 def concat_columns(parts: Sequence[Columns]) -> Columns:
     """Row-wise concatenation of tables with the same columns (empty tables are skipped; one table: no copy)."""
-    parts = [p for p in parts if p and len(next(iter(p.values())))]
+    parts = [p for p in parts if has_rows(p)]
     if not parts:
         return {}
     if len(parts) == 1:
@@ -98,19 +101,12 @@ def _write_options(cols: Columns, cats: Mapping[str, Sequence[str]]) -> dict:
     return {"compression": "snappy", "use_dictionary": enc or False, "write_statistics": False}
 
 
-def parquet_bytes(cols: Columns, cats: Mapping[str, Sequence[str]]) -> bytes:
-    """Parquet of one table: a self-describing tidy table (names as dictionary columns)."""
-    buf = io.BytesIO()
-    pq.write_table(_arrow(cols, cats), buf, **_write_options(cols, cats))
-    return buf.getvalue()
-
-
 def write_parquet(path: Path, parts: Sequence[Columns], cats: Mapping[str, Sequence[str]]) -> None:
     """Atomically write tables with the same columns as one Parquet file, one row group each.
 
     Row groups instead of one concatenated table: no copy of the rows before encoding.
     """
-    parts = [p for p in parts if p and len(next(iter(p.values())))]
+    parts = [p for p in parts if has_rows(p)]
     tables = [_arrow(p, cats) for p in parts]
     if any(t.schema != tables[0].schema for t in tables[1:]):  # e.g. an int column that became float
         tables = [_arrow(concat_columns([{k: v.astype(np.result_type(*[q[k] for q in parts])) for k, v in p.items()}
@@ -241,7 +237,7 @@ class SegmentCache:
         out: dict[str, list[Columns]] = {}
         for _, tabs in resolved:
             for t, c in tabs.items():
-                if c and len(next(iter(c.values()))):
+                if has_rows(c):
                     out.setdefault(t, []).append(c)
         if not resolved:
             return out
@@ -251,7 +247,7 @@ class SegmentCache:
             write_parquet(self.root / f"{seg}.{table}.parquet", cols, self.cats.get(table, {}))
         for p, tabs in resolved:
             stamp = {"identity": p.identity, "segment": seg,
-                     "tables": sorted(t for t, c in tabs.items() if c and len(next(iter(c.values()))))}
+                     "tables": sorted(t for t, c in tabs.items() if has_rows(c))}
             atomic_write_bytes(self._stamp_path(p.prefix, p.mini_epoch), json.dumps(stamp).encode(), fsync=False)
         return out
 

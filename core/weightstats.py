@@ -296,8 +296,8 @@ def weight_table(
     biases), n_nan, n_inf (int64). Norms use finite entries only; a variable
     missing from ``init``/``prev`` or with a different shape gets NaN there.
     """
-    init_sel = Selected(_selected(init, names))
-    prev_sel = Selected(_selected(prev, names)) if prev is not None else None
+    init_sel = select(init, names)
+    prev_sel = select(prev, names) if prev is not None else None
     rows: list[dict] = []
     for mini_epoch, w in checkpoints:
         new_rows, prev_sel = weight_rows(mini_epoch, w, init=init_sel, prev=prev_sel, names=names)
