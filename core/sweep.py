@@ -5,6 +5,7 @@ import hashlib
 import json
 import math
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,11 +15,14 @@ import numpy as np
 import pandas as pd
 
 from core import stats as S
+from core import sweepcache
 from core import weightstats as W
 from core.engine import ProbeSet, RunEngine, run_probe_set
 from core.extract import Reduced
 from core.runs import Checkpoint, Run, RunError
-from core.sweepcache import CacheMiss, Columns, Part, SegmentCache, concat_columns, rows_to_columns, to_frame
+from core.sweepcache import (
+    CacheMiss, Columns, Part, SegmentCache, TableBuffer, concat_columns, rows_to_columns, to_frame,
+)
 
 #: Bump when the tables' content changes: old caches are then ignored.
 SWEEP_VERSION = 3
@@ -391,19 +395,40 @@ def sweep(run: Run, probes: ProbeSet | None = None, *, taps: Sequence[str] | Non
     maker = _Tables(engine, probes, options)
     cats = maker.categories()
     cache = SegmentCache(run.cache_dir / key, cats)
+    sink = _Sink(cache, len(ckpts))
     result = SweepResult(run.name, probes.ids, layer_order=tuple(engine.taps),
                          se_blocks=tuple(b.name for b in engine.se_blocks))
     result.problems.extend(run.problems)
-    # Result rows in checkpoint order: cached tables ({table: Columns}) or a Future of a written
-    # segment's tables. Tables and Parquet are numpy/arrow work done in one worker thread while
-    # the main thread runs the next forward pass in TensorFlow (which leaves part of a core idle).
-    pieces: list = []
+    # One worker thread builds the tables, fills the result and appends to the cache, in
+    # checkpoint order, while the main thread reads weights and runs the next forward pass
+    # in TensorFlow (which leaves part of a core idle).
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweep-tables")
+    # A second thread reads the next checkpoint's weights while this one runs the forward pass.
+    reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweep-read")
+    ahead: dict[int, Future] = {}
+    jobs: list[Future] = []
     inflight: Future | None = None
+    last_flush = time.monotonic()
 
-    def flush() -> None:
-        if cache.pending:
-            pieces.append(pool.submit(cache.write, cache.take()))
+    def load(c: Checkpoint) -> tuple[dict[str, np.ndarray], object]:
+        """(weights, WeightValues or the ValueError saying why they do not fit the model)."""
+        weights = engine.read_weights(c)
+        try:
+            return weights, engine.weight_values(weights)
+        except ValueError as e:
+            return weights, e
+
+    def read_ahead(j: int) -> None:
+        if j < len(ckpts) and (not use_cache or cache.valid("me", ckpts[j].mini_epoch, _identity(ckpts[j])) is None):
+            ahead[j] = reader.submit(load, ckpts[j])
+
+    def activation_job(me: int, ident: list, m: S.Moments, red: Reduced, acts, weights, wv) -> None:
+        sink.store(me, "me", ident, maker.tables(me, m, red, acts, weights, wv))
+
+    def weight_job(c: Checkpoint, weights, has_prev: bool, ident: list | None) -> None:
+        tabs = chain.step(c, weights, has_prev, ident is not None)
+        if ident is not None:
+            sink.store(c.mini_epoch, "w", ident, tabs)
 
     prev_identity: list | None = None
     chain = _WeightChain(engine, run.checkpoints(), run.name)
@@ -419,16 +444,17 @@ def sweep(run: Run, probes: ProbeSet | None = None, *, taps: Sequence[str] | Non
                 cached = _read_cached(cache, "me", me, ident)
                 cached_w = _read_cached(cache, "w", me, w_ident) if options.weights else {}
             if cached is not None or cached_w:
-                flush()  # keep every table's rows in checkpoint order
-                pieces.append({**(cached or {}), **(cached_w or {})})
+                jobs.append(pool.submit(sink.keep, {**(cached or {}), **(cached_w or {})}))
             if cached is not None and cached_w is not None:
                 pool.submit(chain.reset)  # weights not loaded: the next checkpoint must read its predecessor's
                 prev_identity = ident
                 if progress:
                     progress(i + 1, len(ckpts), f"mini-epoch {me} (cached)")
                 continue
+            fut = ahead.pop(i, None) or reader.submit(load, c)
+            read_ahead(i + 1)
             try:
-                weights = engine.read_weights(c)
+                weights, wv = fut.result()
             except RunError as e:
                 result.problems.append(str(e))
                 pool.submit(chain.reset)
@@ -440,42 +466,74 @@ def sweep(run: Run, probes: ProbeSet | None = None, *, taps: Sequence[str] | Non
                 prev_identity = None
                 continue
             if cached is None:
-                try:
-                    wv = engine.weight_values(weights)
-                except ValueError as e:
-                    result.problems.append(f"{c.path}: {e}")
+                if isinstance(wv, ValueError):
+                    result.problems.append(f"{c.path}: {wv}")
                     pool.submit(chain.reset)
                     prev_identity = None
                     continue
                 m, red, acts = maker.forward(wv)
                 if inflight is not None:  # one checkpoint's tables in flight: memory stays flat
                     inflight.result()
-                inflight = pool.submit(maker.tables, me, m, red, acts, weights, wv)
-                cache.add(Part(me, "me", ident, inflight))
+                inflight = pool.submit(activation_job, me, ident, m, red, acts, weights, wv)
+                jobs.append(inflight)
                 del m, red, acts
             if options.weights:  # in the worker too: it holds the first and the previous weights
-                job = pool.submit(chain.step, c, weights, prev_identity is not None, cached_w is None)
-                if cached_w is None:
-                    cache.add(Part(me, "w", w_ident, job))
+                jobs.append(pool.submit(weight_job, c, weights, prev_identity is not None,
+                                        w_ident if cached_w is None else None))
             prev_identity = ident
-            if cache.due():
-                flush()
+            if time.monotonic() - last_flush >= sweepcache.FLUSH_SECONDS:
+                pool.submit(sink.flush)
+                last_flush = time.monotonic()
             if progress:
                 progress(i + 1, len(ckpts), f"mini-epoch {me}")
     finally:
-        flush()  # also when interrupted by an exception: finished checkpoints are kept
+        reader.shutdown(wait=True, cancel_futures=True)
+        pool.submit(sink.flush)  # also when interrupted by an exception: finished checkpoints are kept
         pool.shutdown(wait=True)
         cache.release()
-    tables: dict[str, list[Columns]] = {t: [] for t in (*TABLES, *WEIGHT_TABLES)}
-    for piece in pieces:  # cached: {table: Columns}; written: Future of {table: [Columns, ...]}
-        got = piece.result() if isinstance(piece, Future) else {t: [c] for t, c in piece.items()}
-        for t, cols in got.items():
-            if t in tables:
-                tables[t].extend(c for c in cols if c)
+    for job in jobs:
+        job.result()  # an error in the worker is raised here
+    if sink.problem:
+        result.problems.append(sink.problem)
     cache.collect_garbage()
-    for t, ps in tables.items():
-        result.tables[t] = _frame(ps, cats.get(t, {}))
+    for t in (*TABLES, *WEIGHT_TABLES):
+        result.tables[t] = _frame(sink.buffer.parts(t), cats.get(t, {}))
     return result
+
+
+class _Sink:
+    """The sweep worker's end of the line: each checkpoint's tables go to the result and to the cache.
+
+    A cache that cannot be written (disk full, read-only folder) is dropped with a
+    problem message: the sweep's result is complete either way.
+    """
+
+    def __init__(self, cache: SegmentCache, expected: int):
+        self.cache: SegmentCache | None = cache
+        self.buffer = TableBuffer(expected)
+        self.problem = ""
+
+    def keep(self, tables: Mapping[str, Columns]) -> None:
+        for t, cols in tables.items():
+            self.buffer.add(t, cols)
+
+    def store(self, me: int, prefix: str, identity: list, tables: Mapping[str, Columns]) -> None:
+        self.keep(tables)
+        self._guard(lambda cache: cache.append(Part(me, prefix, identity, dict(tables))))
+
+    def flush(self) -> None:
+        self._guard(lambda cache: cache.finish())
+
+    def _guard(self, op: Callable[[SegmentCache], None]) -> None:
+        if self.cache is None:
+            return
+        try:
+            op(self.cache)
+        except OSError as e:
+            self.cache.abort()
+            self.cache = None
+            self.problem = (f"could not write the sweep cache in {e.filename or 'the run folder'} ({e.strerror or e}); "
+                            "the results are complete but will be computed again next time")
 
 
 def _read_cached(cache: SegmentCache, prefix: str, me: int, identity: list) -> dict[str, Columns] | None:

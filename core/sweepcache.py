@@ -22,6 +22,8 @@ Columns = dict[str, np.ndarray]
 Categories = Mapping[str, Mapping[str, Sequence[str]]]
 #: Buffered work older than this is written out: an interrupted sweep loses at most this much.
 FLUSH_SECONDS = 1.0
+#: Tables with at least this many rows per checkpoint are written as they come, smaller ones per segment.
+STREAM_ROWS = 4096
 #: Unreferenced segments younger than this are left alone (another process may still be reading them).
 GC_AFTER_SECONDS = 120.0
 
@@ -32,7 +34,7 @@ class CacheMiss(Exception):
 
 @dataclass
 class Part:
-    """One checkpoint's rows of some tables, waiting to be written (``tables``: name -> Columns, or a Future)."""
+    """One checkpoint's rows of some tables (``tables``: name -> Columns), to be appended to a segment."""
 
     mini_epoch: int
     prefix: str  # "me" (activation tables) or "w" (weight tables)
@@ -55,6 +57,56 @@ def concat_columns(parts: Sequence[Columns]) -> Columns:
     if any(list(p) != keys for p in parts[1:]):
         raise ValueError(f"tables with different columns cannot be stacked: {[list(p) for p in parts]}")
     return {k: np.concatenate([p[k] for p in parts]) for k in keys}
+
+
+class TableBuffer:
+    """Rows of many checkpoints per table, copied into growing arrays as they arrive.
+
+    Filling the result as each checkpoint finishes (in the sweep's worker thread, while
+    the next forward pass runs) instead of concatenating everything at the end. A table
+    whose columns change between parts is kept as a list of parts (``parts``).
+    """
+
+    def __init__(self, expected_parts: int):
+        self.expected = max(1, expected_parts)
+        self._cols: dict[str, Columns] = {}
+        self._n: dict[str, int] = {}
+        self._ragged: dict[str, list[Columns]] = {}
+
+    def add(self, table: str, cols: Columns) -> None:
+        if not has_rows(cols):
+            return
+        if table in self._ragged:
+            self._ragged[table].append(cols)
+            return
+        rows = len(next(iter(cols.values())))
+        buf = self._cols.get(table)
+        if buf is None:  # room for every expected part: np.empty pages cost memory only once written
+            buf = self._cols[table] = {k: np.empty(rows * self.expected, v.dtype) for k, v in cols.items()}
+            self._n[table] = 0
+        elif list(buf) != list(cols):
+            self._ragged[table] = [self.columns(table), cols]
+            del self._cols[table], self._n[table]
+            return
+        n, end = self._n[table], self._n[table] + rows
+        for k, v in cols.items():
+            b = buf[k]
+            dtype = np.promote_types(b.dtype, v.dtype)
+            if end > len(b) or dtype != b.dtype:
+                grown = np.empty(max(end, 2 * len(b)), dtype)
+                grown[:n] = b[:n]
+                b = buf[k] = grown
+            b[n:end] = v
+        self._n[table] = end
+
+    def columns(self, table: str) -> Columns:
+        """All rows of ``table`` so far (views, no copy); {} if none or ragged."""
+        n = self._n.get(table, 0)
+        return {k: v[:n] for k, v in self._cols.get(table, {}).items()} if n else {}
+
+    def parts(self, table: str) -> list[Columns]:
+        """``table`` as a list of Columns: one for a regular table, one per part for a ragged one."""
+        return self._ragged.get(table) or [c for c in [self.columns(table)] if c]
 
 
 def rows_to_columns(rows: Sequence[Mapping]) -> Columns:
@@ -101,27 +153,6 @@ def _write_options(cols: Columns, cats: Mapping[str, Sequence[str]]) -> dict:
     return {"compression": "snappy", "use_dictionary": enc or False, "write_statistics": False}
 
 
-def write_parquet(path: Path, parts: Sequence[Columns], cats: Mapping[str, Sequence[str]]) -> None:
-    """Atomically write tables with the same columns as one Parquet file, one row group each.
-
-    Row groups instead of one concatenated table: no copy of the rows before encoding.
-    """
-    parts = [p for p in parts if has_rows(p)]
-    tables = [_arrow(p, cats) for p in parts]
-    if any(t.schema != tables[0].schema for t in tables[1:]):  # e.g. an int column that became float
-        tables = [_arrow(concat_columns([{k: v.astype(np.result_type(*[q[k] for q in parts])) for k, v in p.items()}
-                                         for p in parts]), cats)]
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with pq.ParquetWriter(tmp, tables[0].schema, **_write_options(parts[0], cats)) as w:
-            for t in tables:
-                w.write_table(t, row_group_size=max(1, t.num_rows))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _from_arrow(t: pa.Table, cats: Mapping[str, Sequence[str]]) -> Columns:
     """Parquet table -> Columns, categorical columns mapped onto ``cats`` codes; CacheMiss if they do not fit."""
     out = {}
@@ -151,6 +182,70 @@ def _from_arrow(t: pa.Table, cats: Mapping[str, Sequence[str]]) -> Columns:
     return out
 
 
+class _OpenSegment:
+    """A segment being written: its tables' temporary files, schemas, and the stamps to write when closed.
+
+    A table whose first part has at least ``STREAM_ROWS`` rows is streamed to its file,
+    one row group per part; smaller tables are kept and written as one row group on
+    closing (a row group per checkpoint of a 10-row table costs more than its rows).
+    """
+
+    def __init__(self, root: Path, name: str):
+        self.root, self.name = root, name
+        self.schemas: dict[str, pa.Schema] = {}
+        self.options: dict[str, dict] = {}
+        self.tmp: dict[str, Path] = {}
+        self.writers: dict[str, pq.ParquetWriter] = {}
+        self.held: dict[str, list[pa.Table]] = {}
+        self.stamps: list[tuple[str, int, list, list[str]]] = []
+
+    def fit(self, tabs: Mapping[str, pa.Table]) -> dict[str, pa.Table] | None:
+        """``tabs`` cast to the segment's schemas, or None if some table cannot be (lossless casts only)."""
+        out = {}
+        for table, t in tabs.items():
+            schema = self.schemas.get(table, t.schema)
+            if t.schema != schema:
+                try:
+                    t = t.cast(schema)
+                except (pa.ArrowException, ValueError, TypeError):
+                    return None
+            out[table] = t
+        return out
+
+    def write(self, table: str, t: pa.Table, options: Mapping[str, Any]) -> None:
+        if table not in self.schemas:
+            self.schemas[table], self.options[table] = t.schema, dict(options)
+            self.tmp[table] = self.root / f".{self.name}.{table}.{secrets.token_hex(4)}.tmp"
+            if t.num_rows >= STREAM_ROWS:
+                self.writers[table] = pq.ParquetWriter(self.tmp[table], t.schema, **options)
+            else:
+                self.held[table] = []
+        if table in self.writers:
+            self.writers[table].write_table(t, row_group_size=max(1, t.num_rows))
+        else:
+            self.held[table].append(t)
+
+    def close(self) -> None:
+        for writer in self.writers.values():
+            writer.close()
+        for table, parts in self.held.items():
+            t = pa.concat_tables(parts)
+            pq.write_table(t, self.tmp[table], row_group_size=max(1, t.num_rows), **self.options[table])
+        for table, tmp in self.tmp.items():
+            os.replace(tmp, self.root / f"{self.name}.{table}.parquet")
+
+    def discard(self) -> None:
+        for writer in self.writers.values():
+            try:
+                writer.close()
+            except Exception:  # already failing (e.g. disk full): only the clean-up matters
+                pass
+        for tmp in self.tmp.values():
+            tmp.unlink(missing_ok=True)
+        self.writers.clear()
+        self.held.clear()
+
+
 @dataclass
 class SegmentCache:
     """The cache folder of one sweep key.
@@ -166,9 +261,8 @@ class SegmentCache:
 
     root: Path
     cats: Categories
-    pending: list[Part] = field(default_factory=list)
-    last_flush: float = field(default_factory=time.monotonic)
     _loaded: dict[str, dict[str, tuple[Columns, dict[int, slice]]]] = field(default_factory=dict)
+    _open: _OpenSegment | None = None
 
     def _stamp_path(self, prefix: str, me: int) -> Path:
         return self.root / f"{prefix}_{me:06d}.json"
@@ -215,41 +309,58 @@ class SegmentCache:
             got[table] = (cols, {int(me[s]): slice(int(s), int(e)) for s, e in zip(starts, ends)})
         return got[table]
 
-    def add(self, part: Part) -> None:
-        self.pending.append(part)
+    def append(self, part: Part) -> None:
+        """Append one checkpoint's tables to the open segment (one row group per table), opening one if needed.
 
-    def due(self) -> bool:
-        return bool(self.pending) and time.monotonic() - self.last_flush >= FLUSH_SECONDS
-
-    def take(self) -> list[Part]:
-        """The buffered parts (now owned by the caller, who passes them to ``write``)."""
-        self.last_flush = time.monotonic()
-        parts, self.pending = self.pending, []
-        return parts
-
-    def write(self, parts: Sequence[Part]) -> dict[str, list[Columns]]:
-        """Write ``parts`` as one segment, then their stamps; returns each table's rows, part by part.
-
-        A part's ``tables`` may be a ``concurrent.futures.Future`` of them (computed in the
-        same worker thread before this runs). Safe to run in a worker thread.
+        Rows are encoded and written as they come, so closing a segment costs only its
+        footer. A part whose columns do not fit the open segment's files (a column that
+        changed type or name) closes the segment and starts the next one.
         """
-        resolved = [(p, p.tables.result() if hasattr(p.tables, "result") else p.tables) for p in parts]
-        out: dict[str, list[Columns]] = {}
-        for _, tabs in resolved:
-            for t, c in tabs.items():
-                if has_rows(c):
-                    out.setdefault(t, []).append(c)
-        if not resolved:
-            return out
-        self.root.mkdir(parents=True, exist_ok=True)
-        seg = f"seg-{time.time_ns():x}-{secrets.token_hex(3)}"
-        for table, cols in out.items():
-            write_parquet(self.root / f"{seg}.{table}.parquet", cols, self.cats.get(table, {}))
-        for p, tabs in resolved:
-            stamp = {"identity": p.identity, "segment": seg,
-                     "tables": sorted(t for t, c in tabs.items() if has_rows(c))}
-            atomic_write_bytes(self._stamp_path(p.prefix, p.mini_epoch), json.dumps(stamp).encode(), fsync=False)
-        return out
+        tabs = {t: _arrow(c, self.cats.get(t, {})) for t, c in part.tables.items() if has_rows(c)}
+        seg = self._open
+        if seg is not None:
+            fitted = seg.fit(tabs)
+            if fitted is None:
+                self.finish()
+                seg = None
+            else:
+                tabs = fitted
+        if seg is None:
+            self.root.mkdir(parents=True, exist_ok=True)
+            seg = self._open = _OpenSegment(self.root, f"seg-{time.time_ns():x}-{secrets.token_hex(3)}")
+        try:
+            for table, t in tabs.items():
+                seg.write(table, t, _write_options(part.tables[table], self.cats.get(table, {})))
+        except BaseException:
+            self.abort()
+            raise
+        seg.stamps.append((part.prefix, part.mini_epoch, part.identity, sorted(tabs)))
+
+    def finish(self) -> None:
+        """Close the open segment's files, move them into place, then write their checkpoints' stamps."""
+        seg, self._open = self._open, None
+        if seg is None:
+            return
+        try:
+            seg.close()
+        except BaseException:
+            seg.discard()
+            raise
+        for prefix, me, identity, tables in seg.stamps:
+            stamp = {"identity": identity, "segment": seg.name, "tables": tables}
+            atomic_write_bytes(self._stamp_path(prefix, me), json.dumps(stamp).encode(), fsync=False)
+
+    def abort(self) -> None:
+        """Drop the open segment: its temporary files are deleted and no stamp points at it."""
+        seg, self._open = self._open, None
+        if seg is not None:
+            seg.discard()
+
+    def write(self, parts: Sequence[Part]) -> None:
+        """Write ``parts`` as (at least) one finished segment, then their stamps."""
+        for p in parts:
+            self.append(p)
+        self.finish()
 
     def collect_garbage(self) -> None:
         """Delete segment files no stamp points at (older than ``GC_AFTER_SECONDS``)."""

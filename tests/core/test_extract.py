@@ -233,3 +233,43 @@ def test_gradients_per_variable_match_gradient_tape(net: keras.Model, extractor:
     for v, g in zip(clone.trainable_variables, grads):
         np.testing.assert_allclose(norms[v.path], float(tf.norm(g)), rtol=1e-4, err_msg=v.path)
     assert extractor.trace_count >= 2
+
+
+def test_reduced_statistics_equal_numpy_on_large_small_and_one_value_taps() -> None:
+    """In-graph statistics (matrix-product sums, pooled min/max above LARGE_TAP) against float64 numpy."""
+    from core import stats as S
+    from core.extract import LARGE_TAP, REDUCED_KEYS
+
+    inp = keras.Input((48, 48, 3))
+    wide = layers.Conv2D(24, 3, padding="same", name="wide", bias_initializer=keras.initializers.Constant(20.0))(inp)
+    act = layers.ReLU(name="act")(layers.Conv2D(24, 3, padding="same", name="signed")(inp))  # exact zeros
+    merged = layers.Add(name="merged")([wide, act])
+    small = layers.Conv2D(8, 3, strides=4, name="small")(merged)
+    seq = layers.Reshape((12 * 12, 8), name="seq")(small)  # (N, L, C)
+    pooled = layers.GlobalAveragePooling1D(name="pooled")(seq)
+    out = layers.Dense(5, name="out", kernel_initializer="zeros")(pooled)  # one value per channel, all zero
+    model = keras.Model(inp, out)
+    taps = ["wide", "act", "merged", "small", "seq", "pooled", "out"]
+    ex = Extractor(model, taps)
+    positions = {t: int(np.prod(model.get_layer(t).output.shape[1:-1])) * int(model.get_layer(t).output.shape[-1])
+                 for t in taps}
+    assert positions["wide"] >= LARGE_TAP > positions["small"]  # both paths are exercised
+    x = np.random.default_rng(3).normal(0.0, 1.0, (5, 48, 48, 3)).astype(np.float32)
+    wv = ex.weights_from_model(model)
+    red, raws = ex.run_reduced(wv, x, raw=["out"])
+    raw = ex.run(wv, x)
+    np.testing.assert_array_equal(raws["out"], raw["out"])
+    assert red.taps == tuple(taps) and set(red.arrays) == set(REDUCED_KEYS)
+    for t in taps:
+        m = S.moments(raw[t])
+        got = {k: red.arrays[k][:, red.columns(t)].astype(np.float64) for k in REDUCED_KEYS}
+        assert red.totals[taps.index(t)] == m.total
+        for k in ("min", "max", "n_zero"):  # exact
+            np.testing.assert_array_equal(got[k], getattr(m, k), err_msg=f"{t} {k}")
+        # float32 accumulation: relative to the sum of magnitudes (s) or the value itself (m2, |x|)
+        np.testing.assert_allclose(got["s"], m.s, rtol=2e-6, atol=2e-6 * float(m.abs_sum.max()), err_msg=t)
+        np.testing.assert_allclose(got["abs_sum"], m.abs_sum, rtol=2e-6, err_msg=t)
+        np.testing.assert_allclose(got["m2"], m.m2, rtol=1e-4, atol=1e-6, err_msg=t)
+    assert (red.arrays["n_zero"][:, red.columns("act")] > 0).all()
+    np.testing.assert_array_equal(red.arrays["m2"][:, red.columns("out")], 0.0)
+    np.testing.assert_array_equal(red.arrays["n_zero"][:, red.columns("out")], 1.0)

@@ -18,7 +18,7 @@ from core import sweepcache
 from core.engine import RunEngine, run_probe_set, single_probe
 from core.runs import Run, RunWriter, read_npz_weights
 from core.sweep import SweepOptions, batch_mean_var, sweep
-from core.sweepcache import Part, SegmentCache, concat_columns, to_frame, write_parquet
+from core.sweepcache import Part, SegmentCache, concat_columns, to_frame
 
 
 @pytest.fixture
@@ -329,28 +329,93 @@ def test_channels_table_order_and_dtypes(run_copy):
     np.testing.assert_array_equal(first["depth"].to_numpy(), [taps.index(t) for t in first["layer"].astype(str)])
 
 
-def test_write_parquet_int_column_that_became_float(tmp_path):
-    cats = {"layer": ["a", "b", "c"]}
+def _segment_of(root: Path, prefix: str, me: int) -> str:
+    return _stamp(root, prefix, me)["segment"]
+
+
+@pytest.mark.parametrize("stream_rows", [1, 1000], ids=["streamed", "held"])
+def test_append_column_that_changed_type_starts_a_new_segment(tmp_path, monkeypatch, stream_rows):
+    monkeypatch.setattr(sweepcache, "STREAM_ROWS", stream_rows)  # row groups as parts come, or one per segment
+    cats = {"t": {"layer": ["a", "b", "c"]}}
     p1 = {"mini_epoch": np.array([0, 0], np.int32), "layer": np.array([0, 2], np.int32),
           "n": np.array([1, 2 ** 40], np.int64), "name": np.array(["x", "y"], object)}
     p2 = {"mini_epoch": np.array([1], np.int32), "layer": np.array([1], np.int32),
-          "n": np.array([np.nan]), "name": np.array(["z"], object)}
-    path = tmp_path / "seg-x.t.parquet"
-    write_parquet(path, [p1, {}, p2], cats)  # the empty part is skipped
-    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temp file left behind
-    got = pq.read_table(path).to_pandas()
-    want = to_frame(concat_columns([p1, p2]), cats)
-    assert want["n"].dtype == np.float64
-    pd.testing.assert_frame_equal(got, want)
-    assert got["n"].tolist()[:2] == [1.0, 2.0 ** 40] and np.isnan(got["n"].iloc[2])
-    # and through the cache reader, checkpoint by checkpoint
-    cache = SegmentCache(tmp_path, {"t": cats})
-    stamp = {"identity": [], "segment": "seg-x", "tables": ["t"]}
-    r0, r1 = cache.read(stamp, 0)["t"], cache.read(stamp, 1)["t"]
+          "n": np.array([np.nan]), "name": np.array(["z"], object)}  # NaN cannot become int64
+    p3 = {**p2, "mini_epoch": np.array([2], np.int32), "n": np.array([7.0])}  # 7.0 can: same segment as p2
+    cache = SegmentCache(tmp_path, cats)
+    cache.write([Part(0, "me", ["i0"], {"t": p1, "empty": {}}), Part(1, "me", ["i1"], {"t": p2}),
+                 Part(2, "me", ["i2"], {"t": p3})])
+    assert not list(tmp_path.glob(".*"))  # no temporary file left behind
+    s0, s1, s2 = (_segment_of(tmp_path, "me", me) for me in range(3))
+    assert s0 != s1 == s2
+    assert _stamp(tmp_path, "me", 0)["tables"] == ["t"]  # the empty table is not listed
+    seg1 = pq.ParquetFile(tmp_path / f"{s1}.t.parquet")
+    assert seg1.metadata.num_row_groups == (2 if stream_rows == 1 else 1)
+    assert seg1.schema_arrow.field("n").type == "double"
+    pd.testing.assert_frame_equal(pq.read_table(tmp_path / f"{s0}.t.parquet").to_pandas(),
+                                  to_frame(p1, cats["t"]))
+    fresh = SegmentCache(tmp_path, cats)
+    r0 = fresh.read(fresh.valid("me", 0, ["i0"]), 0)["t"]
     np.testing.assert_array_equal(r0["layer"], [0, 2])
-    np.testing.assert_array_equal(r0["n"], [1.0, 2.0 ** 40])
-    assert r1["name"].tolist() == ["z"] and np.isnan(r1["n"]).all()
-    # same schema: one row group per part, values unchanged
-    write_parquet(path, [p1, {**p2, "n": np.array([7], np.int64)}], cats)
-    assert pq.ParquetFile(path).metadata.num_row_groups == 2
-    assert pq.read_table(path).column("n").to_pylist() == [1, 2 ** 40, 7]
+    assert r0["n"].tolist() == [1, 2 ** 40] and r0["name"].tolist() == ["x", "y"]
+    r1, r2 = fresh.read(fresh.valid("me", 1, ["i1"]), 1)["t"], fresh.read(fresh.valid("me", 2, ["i2"]), 2)["t"]
+    assert np.isnan(r1["n"]).all() and r1["name"].tolist() == ["z"] and r2["n"].tolist() == [7.0]
+    # an int that later comes as an exact float is cast back: one segment, the file's type kept
+    cache.write([Part(3, "me", ["i3"], {"t": {**p1, "mini_epoch": np.array([3, 3], np.int32)}}),
+                 Part(4, "me", ["i4"], {"t": {**p1, "mini_epoch": np.array([4, 4], np.int32),
+                                              "n": np.array([5.0, 6.0])}})])
+    assert _segment_of(tmp_path, "me", 3) == _segment_of(tmp_path, "me", 4)
+    assert fresh.read(fresh.valid("me", 4, ["i4"]), 4)["t"]["n"].dtype == np.int64
+
+
+def test_failed_append_leaves_no_segment(tmp_path, monkeypatch):
+    cats = {"t": {"layer": ["a", "b"]}, "u": {"layer": ["a", "b"]}}
+    cache = SegmentCache(tmp_path, cats)
+    cache.append(Part(3, "me", ["id3"], {"t": _cols(3)}))
+    real = sweepcache._OpenSegment.write
+
+    def fail_on_u(self, table, t, options):
+        if table == "u":
+            raise OSError(28, "No space left on device")
+        real(self, table, t, options)
+
+    monkeypatch.setattr(sweepcache._OpenSegment, "write", fail_on_u)
+    with pytest.raises(OSError):
+        cache.append(Part(4, "me", ["id4"], {"t": _cols(4), "u": _cols(4)}))
+    cache.finish()  # nothing open any more: no stamp for either checkpoint
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cache_that_cannot_be_written_is_reported_not_fatal(run_copy, monkeypatch):
+    want = sweep(run_copy, options=FAST, use_cache=False)
+    shutil.rmtree(run_copy.cache_dir)
+
+    def full(self, part):
+        raise OSError(28, "No space left on device", str(self.root))
+
+    monkeypatch.setattr(SegmentCache, "append", full)
+    got = sweep(run_copy, options=FAST)
+    assert any("could not write the sweep cache" in p and "No space left" in p for p in got.problems)
+    for t in ("channels", "layers", "gates", "weights"):
+        _assert_table_equal(got.tables[t], want.tables[t], t)
+    assert not list(run_copy.cache_dir.rglob("*.json"))
+
+
+def test_table_buffer_equals_concatenation():
+    a = {"x": np.arange(3, dtype=np.int32), "y": np.array([0.5, 1.5, 2.5], np.float32), "s": np.array(list("abc"), object)}
+    b = {"x": np.array([7], np.int64), "y": np.array([9.0], np.float32), "s": np.array(["d"], object)}
+    buf = sweepcache.TableBuffer(expected_parts=1)  # too small on purpose: it grows
+    for part in (a, {}, b, a):
+        buf.add("t", part)
+    got = buf.columns("t")
+    assert got["x"].dtype == np.int64 and got["y"].dtype == np.float32 and got["s"].dtype == object
+    for k in a:
+        np.testing.assert_array_equal(got[k], np.concatenate([a[k], b[k], a[k]]))
+    assert buf.columns("absent") == {} and buf.parts("absent") == []
+    assert len(buf.parts("t")) == 1
+    # a part with other columns: the table is kept part by part from then on
+    buf.add("t", {"x": np.array([1])})
+    buf.add("t", a)
+    parts = buf.parts("t")
+    assert [list(p) for p in parts] == [["x", "y", "s"], ["x"], ["x", "y", "s"]]
+    np.testing.assert_array_equal(parts[0]["x"], [0, 1, 2, 7, 0, 1, 2])
