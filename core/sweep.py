@@ -203,18 +203,27 @@ class _Tables:
                 "gates": {**run, "block": self.blocks}, "gate_channels": {**run, "block": self.blocks},
                 "gate_hist": {**run, "block": self.blocks, "kind": ["gate", "logits"]}}
 
-    def forward(self, wv) -> tuple[S.Moments, Reduced, dict[str, np.ndarray]]:
-        """One reduced forward pass -> stacked moments; taps with NaN/Inf are redone in numpy (masked)."""
+    def forward(self, wv) -> tuple[Reduced, dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """One reduced forward pass -> (statistics, raw taps for the tables, raw values of taps with NaN/Inf).
+
+        Taps whose in-graph sums are not finite get their raw values from a second,
+        plain forward pass; ``moments`` then computes them in numpy, masking NaN/Inf.
+        """
         red, acts = self.engine.extractor.run_reduced(wv, self.x, raw=self.raw)
+        bad_cols = ~np.isfinite(red.arrays["s"]).all(axis=0)
+        if not bad_cols.any():
+            return red, acts, {}
+        bad = [t for i, t in enumerate(red.taps) if bad_cols[red.offsets[i]:red.offsets[i + 1]].any()]
+        redo = self.engine.extractor.run(wv, self.x)
+        return red, acts, {t: redo[t] for t in bad}
+
+    @staticmethod
+    def moments(red: Reduced, redo: Mapping[str, np.ndarray]) -> S.Moments:
+        """Stacked moments (N, ΣC) of a ``forward`` result (numpy work: runs in the sweep's worker)."""
         m = to_moments(red)
-        bad_cols = ~np.isfinite(m.s).all(axis=0)
-        if bad_cols.any():
-            bad = [t for i, t in enumerate(red.taps) if bad_cols[red.offsets[i]:red.offsets[i + 1]].any()]
-            redo = self.engine.extractor.run(wv, self.x)
-            for t in bad:
-                _put_columns(m, red.columns(t), S.moments(redo[t]))
-            del redo
-        return m, red, acts
+        for t, raw in redo.items():
+            _put_columns(m, red.columns(t), S.moments(raw))
+        return m
 
     def _labels(self, offsets: np.ndarray) -> dict[str, np.ndarray]:
         """Row labels of the channel and layer tables, cached per layout (they do not change between checkpoints).
@@ -422,7 +431,8 @@ def sweep(run: Run, probes: ProbeSet | None = None, *, taps: Sequence[str] | Non
         if j < len(ckpts) and (not use_cache or cache.valid("me", ckpts[j].mini_epoch, _identity(ckpts[j])) is None):
             ahead[j] = reader.submit(load, ckpts[j])
 
-    def activation_job(me: int, ident: list, m: S.Moments, red: Reduced, acts, weights, wv) -> None:
+    def activation_job(me: int, ident: list, red: Reduced, acts, redo, weights, wv) -> None:
+        m = maker.moments(red, redo)
         sink.store(me, "me", ident, maker.tables(me, m, red, acts, weights, wv))
 
     def weight_job(c: Checkpoint, weights, has_prev: bool, ident: list | None) -> None:
@@ -471,12 +481,12 @@ def sweep(run: Run, probes: ProbeSet | None = None, *, taps: Sequence[str] | Non
                     pool.submit(chain.reset)
                     prev_identity = None
                     continue
-                m, red, acts = maker.forward(wv)
+                red, acts, redo = maker.forward(wv)
                 if inflight is not None:  # one checkpoint's tables in flight: memory stays flat
                     inflight.result()
-                inflight = pool.submit(activation_job, me, ident, m, red, acts, weights, wv)
+                inflight = pool.submit(activation_job, me, ident, red, acts, redo, weights, wv)
                 jobs.append(inflight)
-                del m, red, acts
+                del red, acts, redo
             if options.weights:  # in the worker too: it holds the first and the previous weights
                 jobs.append(pool.submit(weight_job, c, weights, prev_identity is not None,
                                         w_ident if cached_w is None else None))

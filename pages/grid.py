@@ -140,3 +140,5 @@ with v2:
             widgets.chart("grid_traj", (sel.path, sel.stamp, ikey, layer, int(ch), x), trajectory)
         except RunError as e:
             st.warning(f"Trajectory unavailable: {e}")
+
+state.read_ahead_next(sel)  # last: the page is drawn before the background work starts

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
@@ -144,20 +146,94 @@ def decode_image(key: str, size: tuple[int, int], channels: int, _src: bytes | s
         return None, str(e)
 
 
-@st.cache_resource(show_spinner=False, max_entries=4)
+#: Entries of ``image_activations``: at 224 px all taps of one image are ~170 MB.
+ACTIVATION_ENTRIES = 4
+
+
+class _ReadAhead:
+    """Activations of the checkpoint after the one on screen, computed in one background thread.
+
+    Next, Play and the arrow keys step forward one checkpoint; with the work done while the
+    user looks at the current one, the step costs a rerun instead of a weights read and a
+    forward pass. Holds at most two results; keys are those of ``image_activations``.
+    """
+
+    def __init__(self) -> None:
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ade-read-ahead")
+        self.lock = threading.Lock()
+        self.jobs: OrderedDict[tuple, Future] = OrderedDict()
+        self.served: OrderedDict[tuple, None] = OrderedDict()  # keys image_activations computed lately
+
+    def submit(self, key: tuple, fn: Callable[[], dict[str, np.ndarray]]) -> bool:
+        with self.lock:
+            if key in self.jobs or key in self.served:
+                return False
+            self.jobs[key] = self.pool.submit(fn)
+            while len(self.jobs) > 2:
+                self.jobs.popitem(last=False)[1].cancel()
+            return True
+
+    def take(self, key: tuple) -> dict[str, np.ndarray] | None:
+        """The result for ``key`` (waiting if it is being computed), or None: compute it in the caller."""
+        with self.lock:
+            fut = self.jobs.pop(key, None)
+            self.served[key] = None
+            while len(self.served) > ACTIVATION_ENTRIES:
+                self.served.popitem(last=False)
+        if fut is None or fut.cancelled():
+            return None
+        try:
+            return fut.result()
+        except Exception:  # computed again in the caller, which reports the error properly
+            return None
+
+    def idle(self) -> bool:
+        with self.lock:
+            return all(f.done() for f in self.jobs.values())
+
+
+@st.cache_resource(show_spinner=False)
+def _read_ahead() -> _ReadAhead:
+    return _ReadAhead()
+
+
+def _activations_key(run_path: str, arch: int, ckpt: tuple, image_key: str, trust: bool) -> tuple:
+    return (run_path, arch, ckpt, image_key, trust)
+
+
+def _compute_activations(eng, ckpt: tuple, image: np.ndarray) -> dict[str, np.ndarray]:
+    me, path, kind, size, mtime = ckpt
+    acts = eng.activations(Checkpoint(me, Path(path), kind, size, mtime), image[None])
+    for a in acts.values():
+        a.flags.writeable = False
+    return acts
+
+
+@st.cache_resource(show_spinner=False, max_entries=ACTIVATION_ENTRIES)
 def image_activations(run_path: str, arch: int, ckpt: tuple, image_key: str, trust: bool,
                       _image: np.ndarray) -> dict[str, np.ndarray]:
     """Every tap of ONE probe image at ONE checkpoint: {tap: (1, ...)} (read-only arrays).
 
     ``ckpt`` is ``ckpt_key(checkpoint)``; ``image_key`` identifies ``_image`` uint8 (H, W, C).
-    Kept for few entries: at 224 px all taps of one image are ~170 MB.
+    Taken from ``read_ahead`` when it computed them already.
     """
-    me, path, kind, size, mtime = ckpt
+    acts = _read_ahead().take(_activations_key(run_path, arch, ckpt, image_key, trust))
+    return acts if acts is not None else _compute_activations(engine(run_path, arch, trust), ckpt, _image)
+
+
+def read_ahead(run_path: str, arch: int, ckpt: tuple, image_key: str, trust: bool, image: np.ndarray) -> bool:
+    """Start computing ``image_activations`` of ``ckpt`` in the background (unless done lately); True if started.
+
+    The engine is looked up here, in the script thread: Streamlit's caches need its context.
+    """
     eng = engine(run_path, arch, trust)
-    acts = eng.activations(Checkpoint(me, Path(path), kind, size, mtime), _image[None])
-    for a in acts.values():
-        a.flags.writeable = False
-    return acts
+    key = _activations_key(run_path, arch, ckpt, image_key, trust)
+    return _read_ahead().submit(key, lambda: _compute_activations(eng, ckpt, image))
+
+
+def read_ahead_idle() -> bool:
+    """No read-ahead work running (benchmarks and tests wait for this)."""
+    return _read_ahead().idle()
 
 
 @st.cache_resource(show_spinner=False, max_entries=64)

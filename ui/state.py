@@ -490,6 +490,16 @@ def sidebar(page: str, *, image: bool = True, checkpoint: bool = True) -> Select
     return sel
 
 
+def read_ahead_next(sel: Selection) -> None:
+    """Extract the image at the checkpoint after this one in the background (Next and Play land there)."""
+    if sel.ckpt is None or sel.image is None:
+        return
+    after = [c for c in sel.ckpts if c.mini_epoch > sel.ckpt.mini_epoch]
+    if after:
+        cache.read_ahead(sel.path, cache.arch_mtime(sel.run), cache.ckpt_key(after[0]), sel.image.key, sel.trust,
+                         sel.image.pixels)
+
+
 def x_axis(where: Any = None) -> str:
     """The shared x-axis choice of the charts: 'mini_epoch' or 'images_seen'."""
     where = where if where is not None else st
