@@ -11,6 +11,7 @@ SCALES = {"layer": "per layer (this checkpoint)", "channel": "per channel",
           "fixed": "fixed (all checkpoints)"}
 SORTS = {"index": "index", "std": "std (high first)", "mean": "mean (high first)"}
 TILE_PX = {"small": 56, "medium": 88, "large": 128}
+VIEW_PX = 280
 
 st.title("Channel grid")
 sel = state.sidebar("grid")
@@ -92,13 +93,8 @@ st.markdown(" · ".join(info))
 if n_nan:
     st.error(f"{n_nan} of {n_ch} channels of {layer} hold NaN or Inf at mini-epoch {sel.ckpt.mini_epoch}.")
 
-lo, hi = grids.value_ranges(summary, mode, fixed, cmap in grids.DIVERGING)
-diverging = cmap in grids.DIVERGING
-if mode == "channel":
-    bar = cache.colorbar_png(cmap, None, None, "-max|x|" if diverging else "channel min",
-                             "+max|x|" if diverging else "channel max")
-else:
-    bar = cache.colorbar_png(cmap, float(lo[0]) if n_ch else None, float(hi[0]) if n_ch else None)
+lo, hi = cache.grid_scales(summary, settings)
+bar = cache.colorbar_png(*cache.bar_args(settings, lo, hi))
 st.image(bar, output_format="PNG",
          caption=SCALES[mode] + ("" if fixed is None else f": {grids.fmt(fixed[0])} .. {grids.fmt(fixed[1])}"))
 st.image(grid_png, output_format="PNG")
@@ -111,7 +107,7 @@ v1.markdown(f"min {grids.fmt(summary['min'][ch])} · max {grids.fmt(summary['max
             + (f"  \n:red[{int(summary['n_nonfinite'][ch])} NaN/Inf values]" if summary["n_nonfinite"][ch] else "")
             + ("  \nall zero" if summary["all_zero"][ch] else ""))
 v1.image(cache.channel_view_png(sel.path, cache.ckpt_key(sel.ckpt), sel.image.key, layer, int(ch),
-                                (float(lo[ch]), float(hi[ch]), cmap, 280, alpha), _map=maps[ch],
+                                (float(lo[ch]), float(hi[ch]), cmap, VIEW_PX, alpha), _map=maps[ch],
                                 _base=sel.image.pixels), output_format="PNG")
 
 have = result is not None or cache.is_swept(sel.path, sel.stamp, ikey, sel.trust, "image")
@@ -141,4 +137,5 @@ with v2:
         except RunError as e:
             st.warning(f"Trajectory unavailable: {e}")
 
-state.read_ahead_next(sel)  # last: the page is drawn before the background work starts
+# last, so the page is drawn first: the next checkpoint's activations and these images, in the background
+state.read_ahead_next(sel, cache.GridView(layer, settings, int(ch), VIEW_PX))

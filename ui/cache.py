@@ -5,6 +5,7 @@ import hashlib
 import threading
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -163,6 +164,7 @@ class _ReadAhead:
         self.lock = threading.Lock()
         self.jobs: OrderedDict[tuple, Future] = OrderedDict()
         self.served: OrderedDict[tuple, None] = OrderedDict()  # keys image_activations computed lately
+        self.pngs: OrderedDict[tuple, bytes] = OrderedDict()  # images drawn ahead, until drawn() asks
 
     def submit(self, key: tuple, fn: Callable[[], dict[str, np.ndarray]]) -> bool:
         with self.lock:
@@ -186,6 +188,17 @@ class _ReadAhead:
             return fut.result()
         except Exception:  # computed again in the caller, which reports the error properly
             return None
+
+    def keep_drawings(self, pngs: dict[tuple, bytes]) -> None:
+        with self.lock:
+            self.pngs.update(pngs)
+            while len(self.pngs) > 8:
+                self.pngs.popitem(last=False)
+
+    def drawn(self, key: tuple) -> bytes | None:
+        """A PNG drawn ahead for this cache key (once), else None."""
+        with self.lock:
+            return self.pngs.pop(key, None)
 
     def idle(self) -> bool:
         with self.lock:
@@ -221,14 +234,25 @@ def image_activations(run_path: str, arch: int, ckpt: tuple, image_key: str, tru
     return acts if acts is not None else _compute_activations(engine(run_path, arch, trust), ckpt, _image)
 
 
-def read_ahead(run_path: str, arch: int, ckpt: tuple, image_key: str, trust: bool, image: np.ndarray) -> bool:
+def read_ahead(run_path: str, arch: int, ckpt: tuple, image_key: str, trust: bool, image: np.ndarray,
+               view: GridView | None = None) -> bool:
     """Start computing ``image_activations`` of ``ckpt`` in the background (unless done lately); True if started.
 
-    The engine is looked up here, in the script thread: Streamlit's caches need its context.
+    With ``view``, also draw the channel grid page's images of that checkpoint. The engine
+    is looked up here, in the script thread: Streamlit's caches need its context.
     """
     eng = engine(run_path, arch, trust)
     key = _activations_key(run_path, arch, ckpt, image_key, trust)
-    return _read_ahead().submit(key, lambda: _compute_activations(eng, ckpt, image))
+
+    ahead = _read_ahead()
+
+    def job() -> dict[str, np.ndarray]:
+        acts = _compute_activations(eng, ckpt, image)
+        if view is not None and view.layer in acts:
+            ahead.keep_drawings(_draw_ahead(acts, view, run_path, ckpt, image_key, image))
+        return acts
+
+    return ahead.submit(key, job)
 
 
 def read_ahead_idle() -> bool:
@@ -372,11 +396,16 @@ def grid_png(run_path: str, ckpt: tuple, image_key: str, layer: str, settings: t
     ``_maps`` (C, H, W) and ``_base`` (the probe image) are what (run_path, ckpt, image_key, layer)
     identify, so revisiting a checkpoint or re-running the page costs no drawing.
     """
+    drawn = _read_ahead().drawn(("grid", run_path, ckpt, image_key, layer, settings))
+    return drawn if drawn is not None else _draw_grid(_maps, settings, _base)
+
+
+def _draw_grid(maps: np.ndarray, settings: tuple, base: np.ndarray | None) -> bytes:
     from core import grids
 
     mode, cmap, fixed, sort, page, per_page, tile_px, alpha, selected = settings
-    g = grids.grid_image(_maps, mode=mode, cmap=cmap, fixed=fixed, sort=sort, page=page, per_page=per_page,
-                         tile_px=tile_px, base=_base, alpha=alpha, selected=selected)
+    g = grids.grid_image(maps, mode=mode, cmap=cmap, fixed=fixed, sort=sort, page=page, per_page=per_page,
+                         tile_px=tile_px, base=base, alpha=alpha, selected=selected)
     return grids.to_png(g.pixels)
 
 
@@ -384,6 +413,11 @@ def grid_png(run_path: str, ckpt: tuple, image_key: str, layer: str, settings: t
 def colorbar_png(cmap: str, lo: float | None, hi: float | None, low_text: str | None = None,
                  high_text: str | None = None) -> bytes:
     """A colour bar (see ``core.grids.colorbar``) as PNG bytes."""
+    drawn = _read_ahead().drawn(("bar", cmap, lo, hi, low_text, high_text))
+    return drawn if drawn is not None else _draw_bar(cmap, lo, hi, low_text, high_text)
+
+
+def _draw_bar(cmap: str, lo: float | None, hi: float | None, low_text: str | None, high_text: str | None) -> bytes:
     from core import grids
 
     return grids.to_png(grids.colorbar(cmap, lo, hi, low_text=low_text, high_text=high_text))
@@ -393,7 +427,58 @@ def colorbar_png(cmap: str, lo: float | None, hi: float | None, low_text: str | 
 def channel_view_png(run_path: str, ckpt: tuple, image_key: str, layer: str, channel: int, scale: tuple,
                      _map: np.ndarray, _base: np.ndarray | None = None) -> bytes:
     """The large view of one channel as PNG bytes; ``scale`` = (lo, hi, cmap, size, alpha)."""
+    drawn = _read_ahead().drawn(("view", run_path, ckpt, image_key, layer, channel, scale))
+    return drawn if drawn is not None else _draw_view(_map, scale, _base)
+
+
+def _draw_view(m: np.ndarray, scale: tuple, base: np.ndarray | None) -> bytes:
     from core import grids
 
     lo, hi, cmap, size, alpha = scale
-    return grids.to_png(grids.channel_view(_map, lo, hi, cmap, size, _base, alpha))
+    return grids.to_png(grids.channel_view(m, lo, hi, cmap, size, base, alpha))
+
+
+@dataclass(frozen=True)
+class GridView:
+    """What the channel grid page shows of a layer, independent of the checkpoint (to draw one ahead)."""
+
+    layer: str
+    settings: tuple  # grid_png's settings: (mode, cmap, fixed, sort, page, per_page, tile_px, alpha, selected)
+    channel: int  # the single-channel view
+    view_px: int
+
+
+def grid_scales(summary: dict, settings: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel colour range (lo, hi) of the grid with ``settings`` (C,) each."""
+    from core import grids
+
+    mode, cmap, fixed = settings[:3]
+    return grids.value_ranges(summary, mode, fixed, cmap in grids.DIVERGING)
+
+
+def bar_args(settings: tuple, lo: np.ndarray, hi: np.ndarray) -> tuple:
+    """``colorbar_png`` arguments of the grid's colour bar."""
+    from core import grids
+
+    mode, cmap = settings[:2]
+    if mode == "channel":
+        diverging = cmap in grids.DIVERGING
+        return (cmap, None, None, "-max|x|" if diverging else "channel min", "+max|x|" if diverging else "channel max")
+    return (cmap, float(lo[0]) if len(lo) else None, float(hi[0]) if len(hi) else None, None, None)
+
+
+def _draw_ahead(acts: dict[str, np.ndarray], view: GridView, run_path: str, ckpt: tuple, image_key: str,
+                image: np.ndarray) -> dict[tuple, bytes]:
+    """The grid page's PNGs of ``view`` at ``ckpt``, keyed like grid_png / channel_view_png / colorbar_png."""
+    from core import grids
+
+    maps = grids.channel_maps(acts[view.layer])
+    lo, hi = grid_scales(grids.channel_summary(maps), view.settings)
+    cmap, alpha = view.settings[1], view.settings[7]
+    out = {("grid", run_path, ckpt, image_key, view.layer, view.settings): _draw_grid(maps, view.settings, image),
+           ("bar", *bar_args(view.settings, lo, hi)): _draw_bar(*bar_args(view.settings, lo, hi))}
+    if 0 <= view.channel < len(maps):
+        scale = (float(lo[view.channel]), float(hi[view.channel]), cmap, view.view_px, alpha)
+        out[("view", run_path, ckpt, image_key, view.layer, view.channel, scale)] = _draw_view(
+            maps[view.channel], scale, image)
+    return out

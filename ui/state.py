@@ -490,14 +490,17 @@ def sidebar(page: str, *, image: bool = True, checkpoint: bool = True) -> Select
     return sel
 
 
-def read_ahead_next(sel: Selection) -> None:
-    """Extract the image at the checkpoint after this one in the background (Next and Play land there)."""
+def read_ahead_next(sel: Selection, view: cache.GridView | None = None) -> None:
+    """Extract the image at the checkpoint after this one in the background (Next and Play land there).
+
+    ``view``: also draw the channel grid of that checkpoint as the page shows it now.
+    """
     if sel.ckpt is None or sel.image is None:
         return
     after = [c for c in sel.ckpts if c.mini_epoch > sel.ckpt.mini_epoch]
     if after:
         cache.read_ahead(sel.path, cache.arch_mtime(sel.run), cache.ckpt_key(after[0]), sel.image.key, sel.trust,
-                         sel.image.pixels)
+                         sel.image.pixels, view)
 
 
 def x_axis(where: Any = None) -> str:

@@ -197,3 +197,75 @@ def test_findings_panel_and_show_button(app_env):
     buttons[0].click()
     run_ok(at)
     assert at.query_params["page"] != "overview" or at.title[0].value == "Overview"
+
+
+def _clear_image_caches():
+    from ui import cache
+
+    for fn in (cache.image_activations, cache.image_layer, cache.grid_png, cache.channel_view_png,
+               cache.colorbar_png, cache._read_ahead):
+        fn.clear()
+
+
+def test_next_checkpoint_is_read_and_drawn_ahead(app_env, monkeypatch):
+    """The grid page extracts and draws the next checkpoint in the background; Next then uses that work."""
+    import threading
+    import time
+
+    from core.engine import RunEngine
+    from ui import cache
+
+    _clear_image_caches()
+    calls, draws = [], []
+    real_acts, real_grid = RunEngine.activations, cache._draw_grid
+
+    def spy_acts(self, ckpt, images):
+        calls.append((ckpt.mini_epoch, threading.current_thread().name))
+        return real_acts(self, ckpt, images)
+
+    def spy_grid(*a):
+        draws.append(threading.current_thread().name)
+        return real_grid(*a)
+
+    monkeypatch.setattr(RunEngine, "activations", spy_acts)
+    monkeypatch.setattr(cache, "_draw_grid", spy_grid)
+    at = open_app("grid", {"run": "tiny", "ckpt": "1", "layer": "block2_add"})
+    deadline = time.monotonic() + 30
+    while not cache.read_ahead_idle() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [t for me, t in calls if me == 2] and all(t.startswith("ade-read-ahead") for me, t in calls if me == 2)
+    assert draws and draws[-1].startswith("ade-read-ahead")
+    calls.clear(), draws.clear()
+    at.button(key="w_ckpt_next").click()
+    run_ok(at)
+    assert "mini-epoch **2**" in texts(at, "markdown")
+    assert not [me for me, t in calls if me == 2]  # not extracted again
+    assert not [t for t in draws if not t.startswith("ade-read-ahead")]  # the grid was not drawn again
+    assert not cache._read_ahead().pngs  # grid, colour bar and channel view were all used
+    _clear_image_caches()
+
+
+def test_read_ahead_failures_and_limits():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ui.cache import _ReadAhead
+
+    ra = _ReadAhead()
+    ra.pool = ThreadPoolExecutor(max_workers=1)
+
+    def boom():
+        raise OSError("checkpoint truncated")
+
+    assert ra.submit(("bad",), boom)
+    assert ra.take(("bad",)) is None  # the caller computes it and reports the error itself
+    assert not ra.submit(("bad",), boom)  # just computed by the caller: not again
+    assert ra.take(("never",)) is None
+    gate = __import__("threading").Event()
+    assert ra.submit(("slow",), lambda: gate.wait(10) and {"x": 1})
+    assert ra.submit(("a",), lambda: {"a": 1}) and ra.submit(("b",), lambda: {"b": 2})  # "slow" dropped from the list
+    gate.set()
+    assert ra.take(("slow",)) is None and ra.take(("b",)) == {"b": 2}
+    ra.keep_drawings({("k", i): b"png" for i in range(10)})
+    assert len(ra.pngs) == 8 and ra.drawn(("k", 9)) == b"png" and ra.drawn(("k", 9)) is None
+    assert ra.drawn(("k", 0)) is None  # the oldest were dropped
+    ra.pool.shutdown(wait=True)
