@@ -385,8 +385,9 @@ def sweep(run: Run, probes: ProbeSet | None = None, *, taps: Sequence[str] | Non
     """Compute (or load from the run's cache) every table for every checkpoint.
 
     Streamed checkpoint by checkpoint: only one checkpoint's activations, the
-    initial and the previous weights are in memory. Each checkpoint's tables are
-    written to ``run/cache/<key>/`` as soon as they are computed, so an
+    next checkpoint's weights (read ahead), the initial and the previous weights
+    are in memory. Each checkpoint's tables are written to ``run/cache/<key>/``
+    as soon as they are computed (stamped within about a second), so an
     interrupted sweep (``stop`` set, or a crash) resumes where it stopped; a
     checkpoint file that changed (size or mtime) is recomputed. A checkpoint
     that cannot be read is reported in ``problems`` and skipped.

@@ -20,7 +20,8 @@ from core.atomic import atomic_write_bytes
 Columns = dict[str, np.ndarray]
 #: Per table, its categorical columns and their categories (codes index into these).
 Categories = Mapping[str, Mapping[str, Sequence[str]]]
-#: Buffered work older than this is written out: an interrupted sweep loses at most this much.
+#: A segment is closed (its files moved into place, its stamps written) after this long: an
+#: interrupted sweep loses at most this much work.
 FLUSH_SECONDS = 1.0
 #: Tables with at least this many rows per checkpoint are written as they come, smaller ones per segment.
 STREAM_ROWS = 4096

@@ -147,16 +147,25 @@ def decode_image(key: str, size: tuple[int, int], channels: int, _src: bytes | s
         return None, str(e)
 
 
+@st.cache_data(show_spinner=False, max_entries=32)
+def image_png(key: str, _pixels: np.ndarray) -> bytes:
+    """uint8 (H, W, C) image as PNG bytes (``key``: a digest of the pixels); not re-encoded on every rerun."""
+    from core import grids
+
+    return grids.to_png(_pixels[..., 0] if _pixels.ndim == 3 and _pixels.shape[2] == 1 else _pixels)
+
+
 #: Entries of ``image_activations``: at 224 px all taps of one image are ~170 MB.
 ACTIVATION_ENTRIES = 4
 
 
 class _ReadAhead:
-    """Activations of the checkpoint after the one on screen, computed in one background thread.
+    """Activations (and grid images) of the checkpoint after the one on screen, made in one background thread.
 
     Next, Play and the arrow keys step forward one checkpoint; with the work done while the
-    user looks at the current one, the step costs a rerun instead of a weights read and a
-    forward pass. Holds at most two results; keys are those of ``image_activations``.
+    user looks at the current one, the step costs a rerun instead of a weights read, a
+    forward pass and drawing. Holds at most two results (keys of ``image_activations``)
+    and eight images (keys of ``grid_png``, ``channel_view_png`` and ``colorbar_png``).
     """
 
     def __init__(self) -> None:

@@ -398,7 +398,8 @@ def select_image(run: Run) -> ProbeImage | None:
                                 args=("probe",), format_func=lambda i: _probe_label(i, y, m.class_names))
         image = ProbeImage(f"probe:{idx:03d}", _probe_label(idx, y, m.class_names), "probe", x[idx], idx)
     if image is not None:
-        box.image(image.pixels, caption=image.label, width=96, output_format="PNG")
+        box.image(cache.image_png(cache.digest(image.pixels.tobytes()), image.pixels), caption=image.label, width=96,
+                  output_format="PNG")
     else:
         box.info("No probe image: this run has no probe set; upload an image.")
     return image

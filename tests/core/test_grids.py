@@ -180,6 +180,15 @@ def test_fixed_range_and_png_roundtrip():
     import io
 
     assert Image.open(io.BytesIO(data)).size == (4, 3)
+    rng = np.random.default_rng(0)
+    for img in (rng.integers(0, 256, (37, 53, 3), dtype=np.uint8), rng.integers(0, 256, (5, 9), dtype=np.uint8),
+                np.full((1, 1, 3), 255, np.uint8), rng.integers(0, 256, (6, 7, 3), dtype=np.uint8)[:, ::2]):
+        for level in (0, 1, 9):
+            got = Image.open(io.BytesIO(G.to_png(img, compress_level=level)))
+            got.load()  # decodes and checks every chunk's CRC
+            np.testing.assert_array_equal(np.asarray(got), img)
+    rgba = rng.integers(0, 256, (4, 4, 4), dtype=np.uint8)  # other layouts go through Pillow
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(G.to_png(rgba)))), rgba)
 
 
 def test_colorbar_and_channel_view_shapes():
