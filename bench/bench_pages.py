@@ -1,6 +1,6 @@
 """Channel-grid page benchmark: the page script end to end, server side (AppTest), against the floor.
 
-    python bench/bench_pages.py [--run data/runs/demo-troubled] [--repeat 10] [--layer NAME]
+    python bench/bench_pages.py [--run data/runs/demo-troubled | --seed-224] [--repeat 10] [--layer NAME]
 
 (a) cached    the page at a checkpoint whose activations are already extracted (a rerun, or scrubbing
               back to a checkpoint seen before): only drawing. Target <= 150 ms.
@@ -32,6 +32,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
 
 #: Timings of the page script, appended by the wrapper that AppTest runs (see ``timed_page``).
@@ -117,6 +118,8 @@ def main() -> int:
     ap.add_argument("--run", help="run directory (default: data/runs/demo-troubled or a temporary tiny run)")
     ap.add_argument("--repeat", type=int, default=10, help="reruns for the cached case")
     ap.add_argument("--layer", help="layer to show (default: the page's default, the first tap)")
+    ap.add_argument("--seed-224", action="store_true",
+                    help="measure on a temporary run of the 1.5 M-parameter 224 px network (7 checkpoints)")
     args = ap.parse_args()
 
     from streamlit import config
@@ -124,7 +127,16 @@ def main() -> int:
 
     config.set_option("runner.magicEnabled", False)
     with tempfile.TemporaryDirectory() as tmpd:
-        run_dir = pick_run(args.run, Path(tmpd))
+        if args.seed_224:
+            import dataclasses
+
+            from bench_sweep import make_bench_run
+            from core.models import ArchConfig
+
+            arch = dataclasses.replace(ArchConfig(), input_size=224, widths=(64, 96, 128, 192, 256))
+            run_dir = make_bench_run(Path(tmpd), "seed-224", arch, 6, 8)
+        else:
+            run_dir = pick_run(args.run, Path(tmpd))
         from core.runs import Run
 
         run = Run(run_dir)
@@ -153,13 +165,12 @@ def main() -> int:
         todo = mes[1:]
         from ui import cache, state
 
-        real_read_ahead = state.read_ahead_next
-        state.read_ahead_next = lambda sel, view=None: None  # (b): every checkpoint cold
+        state.READ_AHEAD = False  # (b): every checkpoint cold
         uncached = []
         for me in todo:
             at.select_slider(key="w_ckpt").set_value(me)
             uncached.append(timed())
-        state.read_ahead_next = real_read_ahead
+        state.READ_AHEAD = True
         scrub_back = []
         for me in todo[: args.repeat]:
             at.select_slider(key="w_ckpt").set_value(me)

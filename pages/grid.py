@@ -20,6 +20,7 @@ if sel is None or sel.ckpt is None or sel.image is None:
 eng = state.engine(sel.run)
 if eng is None:
     st.stop()
+state.start_extraction(sel)  # runs while the controls below are laid out
 widgets.page_findings(sel, "grid")  # FINDINGS SPOT (only when the probe-set sweep is already done)
 
 shapes = {t.name: tuple(int(d) for d in t.shape[1:] if d is not None) for t in eng.extractor.tappable}
