@@ -176,7 +176,7 @@ def main() -> int:
             at.select_slider(key="w_ckpt").set_value(me)
             scrub_back.append(timed())
         # (c): stepping forward as Next / Play do, with the read-ahead of the next checkpoint
-        for fn in (cache.image_activations, cache.image_layer, cache.grid_png, cache.channel_view_png):
+        for fn in (cache.image_activations, cache.image_layer, cache.layer_maps, cache.grid_png, cache.channel_view_png):
             fn.clear()
         at.select_slider(key="w_ckpt").set_value(mes[0])
         timed()

@@ -78,7 +78,15 @@ def channel_summary(maps: np.ndarray) -> dict[str, np.ndarray]:
     all_zero (bool: every value is exactly 0).
     """
     c = maps.shape[0]
-    flat = maps.reshape(c, -1).astype(np.float64)
+    raw = maps.reshape(c, -1)
+    if raw.shape[1] and np.isfinite(raw).all():  # the usual case: the same sums without masking
+        flat = raw.astype(np.float64)
+        mean = flat.mean(axis=1)
+        dev = flat - mean[:, None]
+        np.square(dev, out=dev)
+        return {"min": flat.min(axis=1), "max": flat.max(axis=1), "mean": mean, "std": np.sqrt(dev.mean(axis=1)),
+                "n_nonfinite": np.zeros(c, np.int64), "all_zero": ~raw.any(axis=1)}
+    flat = raw.astype(np.float64)
     fin = np.isfinite(flat)
     n = fin.sum(axis=1)
     none = n == 0
@@ -337,14 +345,16 @@ def compose_grid(tiles: np.ndarray, labels: Sequence[str], marks: Sequence[str |
 def grid_image(maps: np.ndarray, *, mode: Mode = "layer", cmap: str = "viridis",
                fixed: tuple[float, float] | None = None, sort: SortKey = "index", page: int = 0,
                per_page: int = 64, cols: int = 8, tile_px: int = 96, base: np.ndarray | None = None,
-               alpha: float = 0.0, selected: int | None = None, labels: bool = True) -> GridImage:
+               alpha: float = 0.0, selected: int | None = None, labels: bool = True,
+               summary: dict[str, np.ndarray] | None = None) -> GridImage:
     """The channel grid of one layer for one image.
 
     maps: float (C, H, W) (see ``channel_maps``); base: optional uint8 (Hi, Wi, 3|1) image
     blended under every tile with weight ``alpha``. Tiles are upscaled by an integer factor
-    to about ``tile_px`` (fewer columns if the grid would exceed MAX_WIDTH).
+    to about ``tile_px`` (fewer columns if the grid would exceed MAX_WIDTH). ``summary``:
+    ``channel_summary(maps)`` if the caller has it already.
     """
-    summary = channel_summary(maps)
+    summary = channel_summary(maps) if summary is None else summary
     diverging = cmap in DIVERGING
     lo, hi = value_ranges(summary, mode, fixed, diverging)
     chans = page_slice(channel_order(summary, sort), page, per_page)

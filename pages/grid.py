@@ -42,12 +42,11 @@ cmap = c3.selectbox("Colormap", list(grids.COLORMAPS), **state.kept("grid_cmap",
 sort = c4.selectbox("Sort channels by", list(SORTS), format_func=SORTS.get, **state.kept("grid_sort", "index", SORTS))
 
 try:
-    a = cache.image_layer(sel.path, cache.arch_mtime(sel.run), cache.ckpt_key(sel.ckpt), sel.image.key, layer,
-                          sel.trust, _image=sel.image.pixels)
+    maps, summary = cache.layer_maps(sel.path, cache.arch_mtime(sel.run), cache.ckpt_key(sel.ckpt), sel.image.key,
+                                     layer, sel.trust, _image=sel.image.pixels)
 except (RunError, ValueError, OSError) as e:
     st.error(f"Mini-epoch {sel.ckpt.mini_epoch} could not be extracted: {e}")
     st.stop()
-maps = grids.channel_maps(a)
 n_ch, h, w = maps.shape
 
 d1, d2, d3, d4 = st.columns([1.4, 1, 1, 1.6])
@@ -74,13 +73,12 @@ if mode == "fixed":
         st.warning("No finite values of this layer over the checkpoints: using the per-layer scale.")
         mode = "layer"
 
-summary = grids.channel_summary(maps)
 marks = grids.channel_marks(summary)
 ch_kw = state.kept("grid_channel", 0, range(n_ch))
 sel_ch = st.session_state[ch_kw["key"]]
 settings = (mode, cmap, fixed, sort, page, per_page, TILE_PX[size], alpha, sel_ch)
 grid_png = cache.grid_png(sel.path, cache.ckpt_key(sel.ckpt), sel.image.key, layer, settings, _maps=maps,
-                          _base=sel.image.pixels)
+                          _base=sel.image.pixels, _summary=summary)
 
 n_nan, n_zero = marks.count("nonfinite"), marks.count("zero")
 shape_txt = "×".join(map(str, shapes.get(layer, maps.shape)))

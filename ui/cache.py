@@ -276,6 +276,19 @@ def image_layer(run_path: str, arch: int, ckpt: tuple, image_key: str, layer: st
     return image_activations(run_path, arch, ckpt, image_key, trust, _image)[layer]
 
 
+@st.cache_resource(show_spinner=False, max_entries=64)
+def layer_maps(run_path: str, arch: int, ckpt: tuple, image_key: str, layer: str, trust: bool,
+               _image: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """``core.grids.channel_maps`` (C, H, W) of ``image_layer`` and their ``channel_summary`` (read-only)."""
+    from core import grids
+
+    maps = grids.channel_maps(image_layer(run_path, arch, ckpt, image_key, layer, trust, _image))
+    summary = grids.channel_summary(maps)
+    for a in (maps, *summary.values()):
+        a.flags.writeable = False
+    return maps, summary
+
+
 def _probe_set_of(run_path: str):
     from core.engine import run_probe_set
 
@@ -399,22 +412,22 @@ def chart_spec(name: str, deps: tuple, _build: Callable[[], Any]) -> dict:
 
 @st.cache_data(show_spinner=False, max_entries=128)
 def grid_png(run_path: str, ckpt: tuple, image_key: str, layer: str, settings: tuple,
-             _maps: np.ndarray, _base: np.ndarray | None = None) -> bytes:
+             _maps: np.ndarray, _base: np.ndarray | None = None, _summary: dict | None = None) -> bytes:
     """The channel grid as PNG bytes; ``settings`` = (mode, cmap, fixed, sort, page, per_page, tile_px, alpha, selected).
 
     ``_maps`` (C, H, W) and ``_base`` (the probe image) are what (run_path, ckpt, image_key, layer)
     identify, so revisiting a checkpoint or re-running the page costs no drawing.
     """
     drawn = _read_ahead().drawn(("grid", run_path, ckpt, image_key, layer, settings))
-    return drawn if drawn is not None else _draw_grid(_maps, settings, _base)
+    return drawn if drawn is not None else _draw_grid(_maps, settings, _base, _summary)
 
 
-def _draw_grid(maps: np.ndarray, settings: tuple, base: np.ndarray | None) -> bytes:
+def _draw_grid(maps: np.ndarray, settings: tuple, base: np.ndarray | None, summary: dict | None = None) -> bytes:
     from core import grids
 
     mode, cmap, fixed, sort, page, per_page, tile_px, alpha, selected = settings
     g = grids.grid_image(maps, mode=mode, cmap=cmap, fixed=fixed, sort=sort, page=page, per_page=per_page,
-                         tile_px=tile_px, base=base, alpha=alpha, selected=selected)
+                         tile_px=tile_px, base=base, alpha=alpha, selected=selected, summary=summary)
     return grids.to_png(g.pixels)
 
 
@@ -482,9 +495,11 @@ def _draw_ahead(acts: dict[str, np.ndarray], view: GridView, run_path: str, ckpt
     from core import grids
 
     maps = grids.channel_maps(acts[view.layer])
-    lo, hi = grid_scales(grids.channel_summary(maps), view.settings)
+    summary = grids.channel_summary(maps)
+    lo, hi = grid_scales(summary, view.settings)
     cmap, alpha = view.settings[1], view.settings[7]
-    out = {("grid", run_path, ckpt, image_key, view.layer, view.settings): _draw_grid(maps, view.settings, image),
+    out = {("grid", run_path, ckpt, image_key, view.layer, view.settings): _draw_grid(maps, view.settings, image,
+                                                                                       summary),
            ("bar", *bar_args(view.settings, lo, hi)): _draw_bar(*bar_args(view.settings, lo, hi))}
     if 0 <= view.channel < len(maps):
         scale = (float(lo[view.channel]), float(hi[view.channel]), cmap, view.view_px, alpha)

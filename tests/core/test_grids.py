@@ -36,6 +36,24 @@ def test_channel_summary_ignores_nonfinite():
     assert G.channel_marks(s) == [None, "zero", "nonfinite"]
 
 
+def test_channel_summary_of_finite_maps_equals_the_masked_path():
+    finite = maps3()[:2]  # no NaN/Inf: the unmasked path
+    fast = G.channel_summary(finite)
+    masked = G.channel_summary(np.concatenate([finite, np.full((1, *finite.shape[1:]), np.nan, finite.dtype)]))
+    for k, v in fast.items():
+        assert v.dtype == masked[k].dtype, k
+        assert_array_equal(v, masked[k][:2], err_msg=k)
+    rng = np.random.default_rng(1)
+    m = rng.normal(3.0, 0.5, (4, 9, 7)).astype(np.float32)
+    m[2] = 0.0
+    s = G.channel_summary(m)
+    f = m.reshape(4, -1).astype(np.float64)
+    assert_allclose(s["mean"], f.mean(axis=1), rtol=1e-12)
+    assert_allclose(s["std"], f.std(axis=1), rtol=1e-12)
+    assert_array_equal(s["min"], f.min(axis=1))
+    assert_array_equal(s["all_zero"], [False, False, True, False])
+
+
 def test_all_nan_channel_has_nan_stats_and_no_warning():
     m = np.full((1, 2, 2), np.nan, np.float32)
     with np.errstate(all="raise"):

@@ -202,7 +202,7 @@ def test_findings_panel_and_show_button(app_env):
 def _clear_image_caches():
     from ui import cache
 
-    for fn in (cache.image_activations, cache.image_layer, cache.grid_png, cache.channel_view_png,
+    for fn in (cache.image_activations, cache.image_layer, cache.layer_maps, cache.grid_png, cache.channel_view_png,
                cache.colorbar_png, cache._read_ahead):
         fn.clear()
 
