@@ -1,6 +1,8 @@
 """Exact-answer tests for core.grids: normalisation modes, NaN/zero marking, tile layout, composition."""
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
@@ -205,6 +207,15 @@ def test_fixed_range_and_png_roundtrip():
             got = Image.open(io.BytesIO(G.to_png(img, compress_level=level)))
             got.load()  # decodes and checks every chunk's CRC
             np.testing.assert_array_equal(np.asarray(got), img)
+    big = np.repeat(rng.integers(0, 256, (300, 40, 3), dtype=np.uint8), 8, axis=1)  # deflated in two halves
+    assert big.nbytes >= G.PARALLEL_DEFLATE_BYTES
+    for level in (1, 6):
+        data = G.to_png(big, compress_level=level)
+        got = Image.open(io.BytesIO(data))
+        got.load()
+        np.testing.assert_array_equal(np.asarray(got), big)
+        idat = data[data.index(b"IDAT") + 4:data.index(b"IEND") - 8]
+        assert zlib.decompress(idat)[1:961] == big[0].tobytes()  # one valid zlib stream (header, Adler-32)
     rgba = rng.integers(0, 256, (4, 4, 4), dtype=np.uint8)  # other layouts go through Pillow
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(G.to_png(rgba)))), rgba)
 
