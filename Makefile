@@ -22,6 +22,8 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/bench_sweep.py
+	$(PY) bench/bench_pages.py
+	$(PY) bench/bench_scrub.py  # needs Debian's chromium
 
 clean-demo:
 	rm -rf data/runs/demo-healthy data/runs/demo-troubled

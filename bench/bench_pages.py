@@ -76,8 +76,12 @@ def pick_run(arg: str | None, tmp: Path) -> Path:
     return tmp / "bench-tiny"
 
 
-def floor_ms(run_dir: Path, mini_epochs: list[int], image) -> float:
-    """Median ms of weights read + one forward pass of one image, same engine as the page uses."""
+def floor_ms(run_dir: Path, mini_epochs: list[int], image, pause: float = 0.0) -> float:
+    """Median ms of weights read + one forward pass of one image, same engine as the page uses.
+
+    ``pause``: seconds of idle before each step, as between a user's scrub steps (an idle CPU
+    and cold caches make the same step ~1.5x slower than in a tight loop).
+    """
     from core.runs import Run
     from ui import cache
 
@@ -88,6 +92,7 @@ def floor_ms(run_dir: Path, mini_epochs: list[int], image) -> float:
     out = []
     for me in mini_epochs:
         c = run.checkpoint(me)
+        time.sleep(pause)
         t = time.perf_counter()
         eng.extractor.run(eng.weight_values(eng.read_weights(c)), x)
         out.append((time.perf_counter() - t) * 1e3)
@@ -153,17 +158,21 @@ def main() -> int:
         layer = at.selectbox(key="w_layer").value
         shape = next((m.value for m in at.markdown if str(m.value).startswith("**")), "")
 
-        def timed() -> tuple[float, float]:
-            """(AppTest run, page script alone) in ms."""
+        from ui import state
+
+        state.FRAGMENT_TIMES = {}
+
+        def timed() -> tuple[float, float, float]:
+            """(AppTest run, page script alone, checkpoint fragment alone) in ms."""
             t0 = time.perf_counter()
             at.run()
             dt = (time.perf_counter() - t0) * 1e3
             assert not at.exception, [e.message for e in at.exception]
-            return dt, TIMER.TIMES[-1] * 1e3
+            return dt, TIMER.TIMES[-1] * 1e3, state.FRAGMENT_TIMES["grid"][-1] * 1e3
 
         cached = [timed() for _ in range(args.repeat)]
         todo = mes[1:]
-        from ui import cache, state
+        from ui import cache
 
         state.READ_AHEAD = False  # (b): every checkpoint cold
         uncached = []
@@ -196,6 +205,7 @@ def main() -> int:
     med = lambda xs, i: statistics.median(x[i] for x in xs)  # noqa: E731
     a, b, sb, c = (med(xs, 0) for xs in (cached, uncached, scrub_back, ahead))
     sa, sbb, sc = (med(xs, 1) for xs in (cached, uncached, ahead))
+    fa, fb, fc = (med(xs, 2) for xs in (cached, uncached, ahead))
     print(f"run {run_dir}  ({len(mes)} checkpoints, input {run.manifest.input_shape})")
     print(f"layer {layer}: {shape}")
     print(f"first page run (TensorFlow import, engine build, trace): {first:.1f} s")
@@ -213,6 +223,8 @@ def main() -> int:
     print(f"ratio (c) / floor                 = {c / fl:5.2f}x  {'OK' if c / fl <= 1.5 else 'OVER'} (1.5x target)")
     print(f"page script alone (timing wrapper, without AppTest's own work): (a) {sa:.1f} ms, (b) {sbb:.1f} ms "
           f"= {sbb / fl:.2f}x floor, (c) {sc:.1f} ms = {sc / fl:.2f}x floor")
+    print(f"checkpoint fragment alone (what a scrub step reruns in a server): (a) {fa:.1f} ms, (b) {fb:.1f} ms "
+          f"= {fb / fl:.2f}x floor  {'OK' if fb / fl <= 1.5 else 'OVER'}, (c) {fc:.1f} ms = {fc / fl:.2f}x floor")
     print(f"breakdown of (b): page without drawing (a) {a:.0f} ms + extraction {b - a - dr:.0f} ms + drawing {dr:.0f} ms")
     return 0
 

@@ -287,6 +287,10 @@ class Extractor:
         index = {id(v): i for i, v in enumerate(self._train_vars + self._state_vars)}
         sub_vars = self._submodel.trainable_variables + self._submodel.non_trainable_variables
         self._sub_index = [index[id(v)] for v in sub_vars]
+        used = set(self._sub_index) | {i for _, k, b, _ in self._plan["virtual"].values() for i in (k, b)
+                                        if i is not None}
+        #: Paths of the variables the taps depend on: the only ones ``weights_from_mapping(..., fill=)`` reads.
+        self.used_paths: frozenset[str] = frozenset(self._paths[i] for i in used)
         self._n_sub_train = len(self._submodel.trainable_variables)
         self._weight_spec = (
             [tf.TensorSpec(v.shape, v.dtype) for v in self._train_vars],
@@ -405,14 +409,22 @@ class Extractor:
 
     # ---- weights -------------------------------------------------------------------------------
 
-    def weights_from_mapping(self, mapping: Mapping[str, Any]) -> WeightValues:
+    def weights_from_mapping(self, mapping: Mapping[str, Any], fill: WeightValues | None = None) -> WeightValues:
         """Checkpoint arrays keyed by ``variable.path`` -> ``WeightValues``.
 
         RNG/metric state (not saved in checkpoints) falls back to the model's own values.
+        With ``fill`` (values of this architecture), variables outside ``used_paths`` are taken
+        from it and need not be in ``mapping``: the taps do not depend on them.
         Raises ValueError listing every missing or shape-mismatched variable.
         """
+        if fill is not None and fill.paths != self._paths:
+            raise ValueError("fill values were made for a different architecture")
+        filler = (*fill.trainable, *fill.non_trainable) if fill is not None else ()
         missing, mismatched, values = [], [], []
-        for v in self._train_vars + self._state_vars:
+        for i, v in enumerate(self._train_vars + self._state_vars):
+            if fill is not None and v.path not in self.used_paths:
+                values.append(filler[i])
+                continue
             if v.path not in mapping:
                 if id(v) in self._state_only:
                     values.append(tf.convert_to_tensor(v.numpy()))

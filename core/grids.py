@@ -157,10 +157,16 @@ def normalise(maps: np.ndarray, lo: np.ndarray, hi: np.ndarray, diverging: bool 
 
 
 def apply_colormap(x01: np.ndarray, lut: np.ndarray) -> np.ndarray:
-    """Values in [0, 1] (any shape S, NaN allowed) -> uint8 (*S, 3) through ``lut`` (256, 3)."""
+    """Values in [0, 1] (any shape S, NaN allowed) -> uint8 (*S, 3) through ``lut`` (256, 3).
+
+    The result may be a strided view (of an (*S, 4) array): each pixel is gathered as one
+    4-byte word, 3-4x faster than gathering (256, 3) rows.
+    """
     nan = ~np.isfinite(x01)
     idx = np.clip(np.nan_to_num(x01, nan=0.0) * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    out = lut[idx]
+    lut4 = np.zeros((256, 4), np.uint8)
+    lut4[:, :3] = lut
+    out = np.reshape(lut4.view(np.uint32)[idx, 0].view(np.uint8), (*idx.shape, 4))[..., :3]
     out[nan] = NONFINITE_RGB
     return out
 
@@ -176,6 +182,11 @@ def channel_order(summary: dict[str, np.ndarray], key: SortKey = "index", descen
     v = -v if descending else v
     v = np.where(np.isfinite(v), v, np.inf)
     return np.argsort(v, kind="stable")
+
+
+def n_channels(shape: Sequence[int]) -> int:
+    """Tiles ``channel_maps`` makes of one image's tap of ``shape`` (without the batch axis): its last axis."""
+    return int(shape[-1]) if len(shape) else 1
 
 
 def n_pages(n: int, per_page: int) -> int:
@@ -316,24 +327,28 @@ def compose_grid(tiles: np.ndarray, labels: Sequence[str], marks: Sequence[str |
     lines = max([lab.count("\n") + 1 for lab in labels] or [1])
     size = max(8, min(12, label_h // lines - 1))
     ch, cw = h + label_h, max(w, label_width(labels, size) if label_h > 0 else 0)
-    # one (cell + trailing pad) block per tile, filled in one go, then laid out row-major
-    cells = np.empty((max(rows * cols, 1), ch + pad, cw + pad, 3), np.uint8)
-    cells[:] = background
-    cells[:n, :h, :w] = tiles
-    for kind, col in MARK_RGB.items():
-        idx = [i for i in range(n) if marks[i] == kind]
-        if idx and border > 0:
-            b = min(border, h // 2, w // 2)
-            c = cells[idx]
-            c[:, :b, :w] = col
-            c[:, h - b:h, :w] = col
-            c[:, :h, :b] = col
-            c[:, :h, w - b:w] = col
-            cells[idx] = c
-    grid = cells[:rows * cols].reshape(rows, cols, ch + pad, cw + pad, 3).transpose(0, 2, 1, 3, 4)
     out = np.empty((pad + rows * (ch + pad), pad + cols * (cw + pad), 3), np.uint8)
     out[:] = background
-    out[pad:, pad:] = grid.reshape(rows * (ch + pad), cols * (cw + pad), 3)
+    if n == 0:
+        return out
+    # (rows, cell h + pad, cols, (cell w + pad) * 3) view of the image: tiles are copied in place
+    # one pixel row (w * 3 contiguous bytes) at a time
+    rows3 = np.reshape(out[pad:, pad:], (rows, ch + pad, cols, (cw + pad) * 3), copy=False)
+    t3 = np.reshape(tiles, (n, h, w * 3))
+    full = n // cols
+    rows3[:full, :h, :, :w * 3] = t3[:full * cols].reshape(full, cols, h, w * 3).transpose(0, 2, 1, 3)
+    if n > full * cols:
+        rows3[full, :h, :n - full * cols, :w * 3] = t3[full * cols:].transpose(1, 0, 2)
+    cells = np.reshape(out[pad:, pad:], (rows, ch + pad, cols, cw + pad, 3), copy=False)
+    b = min(border, h // 2, w // 2)
+    for kind, col in MARK_RGB.items():
+        idx = np.array([i for i in range(n) if marks[i] == kind], np.intp)
+        if len(idx) and b > 0:
+            r, c = np.divmod(idx, cols)
+            cells[r, :b, c, :w] = col
+            cells[r, h - b:h, c, :w] = col
+            cells[r, :h, c, :b] = col
+            cells[r, :h, c, w - b:w] = col
     cell = (ch, cw)
     if label_h > 0:
         for i in range(n):

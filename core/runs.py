@@ -12,7 +12,7 @@ import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Collection, Iterable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -358,16 +358,17 @@ class Run:
             raise RunError(p, f"probe set shape {x.shape} does not match the input {(h, w, c)}")
         return x, y
 
-    def read_weights(self, ckpt: Checkpoint | int, architecture=None) -> dict[str, np.ndarray]:
+    def read_weights(self, ckpt: Checkpoint | int, architecture=None,
+                     names: Collection[str] | None = None) -> dict[str, np.ndarray]:
         """Weight arrays of one checkpoint by Keras ``variable.path``.
 
-        Our own checkpoints are plain npz archives; foreign ones go through
-        ``core.loading.read_weights_file`` and need the architecture model.
+        Our own checkpoints are plain npz archives (``names``: read only these); foreign ones
+        go through ``core.loading.read_weights_file``, are read whole and need the architecture model.
         """
         if isinstance(ckpt, int):
             ckpt = self.checkpoint(ckpt)
         if ckpt.kind == "npz":
-            return read_npz_weights(ckpt.path)
+            return read_npz_weights(ckpt.path, names)
         from core.loading import read_weights_file  # foreign formats need Keras
 
         if architecture is None:
@@ -399,11 +400,15 @@ class Run:
             self.problems.append(msg)
 
 
-def read_npz_weights(path: Path) -> dict[str, np.ndarray]:
-    """Read an npz checkpoint without pickle; damage raises RunError naming the file."""
+def read_npz_weights(path: Path, names: Collection[str] | None = None) -> dict[str, np.ndarray]:
+    """Read an npz checkpoint (only the arrays in ``names``, if given) without pickle.
+
+    Damage raises RunError naming the file.
+    """
     try:
         with np.load(path, allow_pickle=False) as z:
-            return {k: np.asarray(z[k]) for k in z.files}
+            keys = z.files if names is None else [k for k in z.files if k in names]
+            return {k: np.asarray(z[k]) for k in keys}
     except FileNotFoundError:
         raise RunError(path, "checkpoint file disappeared (deleted or being replaced); reload") from None
     except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as e:

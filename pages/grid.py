@@ -14,13 +14,14 @@ TILE_PX = {"small": 56, "medium": 88, "large": 128}
 VIEW_PX = 280
 
 st.title("Channel grid")
-sel = state.sidebar("grid")
-if sel is None or sel.ckpt is None or sel.image is None:
+sel = state.sidebar("grid", checkpoint="fragment")  # the scrubber is drawn by ``checkpoint_view`` below
+if sel is None or not sel.ckpts or sel.image is None:
+    if sel is not None and not sel.ckpts:
+        st.sidebar.info("This run has no checkpoint yet.")
     st.stop()
 eng = state.engine(sel.run)
 if eng is None:
     st.stop()
-state.start_extraction(sel)  # runs while the controls below are laid out
 widgets.page_findings(sel, "grid")  # FINDINGS SPOT (only when the probe-set sweep is already done)
 
 shapes = {t.name: tuple(int(d) for d in t.shape[1:] if d is not None) for t in eng.extractor.tappable}
@@ -40,14 +41,7 @@ mode = c2.selectbox("Colour scale", list(SCALES), format_func=SCALES.get, **stat
 cmap = c3.selectbox("Colormap", list(grids.COLORMAPS), **state.kept("grid_cmap", "viridis", grids.COLORMAPS),
                     help="coolwarm is diverging: white is exactly 0, the scale is symmetric.")
 sort = c4.selectbox("Sort channels by", list(SORTS), format_func=SORTS.get, **state.kept("grid_sort", "index", SORTS))
-
-try:
-    maps, summary = cache.layer_maps(sel.path, cache.arch_mtime(sel.run), cache.ckpt_key(sel.ckpt), sel.image.key,
-                                     layer, sel.trust, _image=sel.image.pixels)
-except (RunError, ValueError, OSError) as e:
-    st.error(f"Mini-epoch {sel.ckpt.mini_epoch} could not be extracted: {e}")
-    st.stop()
-n_ch, h, w = maps.shape
+n_ch = grids.n_channels(shapes.get(layer, ()))
 
 d1, d2, d3, d4 = st.columns([1.4, 1, 1, 1.6])
 alpha = d1.slider("Overlay on the image", 0.0, 0.9, step=0.1, **state.kept("grid_alpha", 0.0),
@@ -73,41 +67,63 @@ if mode == "fixed":
         st.warning("No finite values of this layer over the checkpoints: using the per-layer scale.")
         mode = "layer"
 
-marks = grids.channel_marks(summary)
-ch_kw = state.kept("grid_channel", 0, range(n_ch))
-sel_ch = st.session_state[ch_kw["key"]]
-settings = (mode, cmap, fixed, sort, page, per_page, TILE_PX[size], alpha, sel_ch)
-grid_png = cache.grid_png(sel.path, cache.ckpt_key(sel.ckpt), sel.image.key, layer, settings, _maps=maps,
-                          _base=sel.image.pixels, _summary=summary)
-
-n_nan, n_zero = marks.count("nonfinite"), marks.count("zero")
-shape_txt = "×".join(map(str, shapes.get(layer, maps.shape)))
-info = [f"**{layer}** {shape_txt}", f"mini-epoch **{sel.ckpt.mini_epoch}**", sel.image.label,
-        f"{n_ch} channels" + (f" (page {page + 1} of {pages})" if pages > 1 else "")]
-if n_zero:
-    info.append(f"{n_zero} all-zero (grey border)")
-if n_nan:
-    info.append(f":red[{n_nan} with NaN/Inf (red border, magenta pixels)]")
-st.markdown(" · ".join(info))
-if n_nan:
-    st.error(f"{n_nan} of {n_ch} channels of {layer} hold NaN or Inf at mini-epoch {sel.ckpt.mini_epoch}.")
-
-lo, hi = cache.grid_scales(summary, settings)
-bar = cache.colorbar_png(*cache.bar_args(settings, lo, hi))
-st.image(bar, output_format="PNG",
-         caption=SCALES[mode] + ("" if fixed is None else f": {grids.fmt(fixed[0])} .. {grids.fmt(fixed[1])}"))
-st.image(grid_png, output_format="PNG")
-
+head = st.container()  # what depends on the checkpoint is drawn by ``checkpoint_view`` below
 st.subheader("One channel")
 v1, v2 = st.columns([1, 2])
-ch = v1.number_input("Channel", 0, max(n_ch - 1, 0), **ch_kw)
-v1.markdown(f"min {grids.fmt(summary['min'][ch])} · max {grids.fmt(summary['max'][ch])}  \n"
-            f"mean {grids.fmt(summary['mean'][ch])} · std {grids.fmt(summary['std'][ch])}"
-            + (f"  \n:red[{int(summary['n_nonfinite'][ch])} NaN/Inf values]" if summary["n_nonfinite"][ch] else "")
-            + ("  \nall zero" if summary["all_zero"][ch] else ""))
-v1.image(cache.channel_view_png(sel.path, cache.ckpt_key(sel.ckpt), sel.image.key, layer, int(ch),
-                                (float(lo[ch]), float(hi[ch]), cmap, VIEW_PX, alpha), _map=maps[ch],
-                                _base=sel.image.pixels), output_format="PNG")
+ch = int(v1.number_input("Channel", 0, max(n_ch - 1, 0), **state.kept("grid_channel", 0, range(max(n_ch, 1)))))
+view_box = v1.container()
+settings = (mode, cmap, fixed, sort, page, per_page, TILE_PX[size], alpha, ch)
+
+
+def draw(ckpt) -> bool:
+    """The grid, its colour bar and the channel view at ``ckpt``; False after showing why they cannot be drawn."""
+    try:
+        maps, summary = cache.layer_maps(sel.path, cache.arch_mtime(sel.run), cache.ckpt_key(ckpt), ikey,
+                                         layer, sel.trust, _image=sel.image.pixels)
+    except (RunError, ValueError, OSError) as e:
+        head.error(f"Mini-epoch {ckpt.mini_epoch} could not be extracted: {e}")
+        return False
+    n = len(maps)
+    marks = grids.channel_marks(summary)
+    n_nan, n_zero = marks.count("nonfinite"), marks.count("zero")
+    shape_txt = "×".join(map(str, shapes.get(layer, maps.shape)))
+    info = [f"**{layer}** {shape_txt}", f"mini-epoch **{ckpt.mini_epoch}**", sel.image.label,
+            f"{n} channels" + (f" (page {page + 1} of {pages})" if pages > 1 else "")]
+    if n_zero:
+        info.append(f"{n_zero} all-zero (grey border)")
+    if n_nan:
+        info.append(f":red[{n_nan} with NaN/Inf (red border, magenta pixels)]")
+    head.markdown(" · ".join(info))
+    if n_nan:
+        head.error(f"{n_nan} of {n} channels of {layer} hold NaN or Inf at mini-epoch {ckpt.mini_epoch}.")
+    lo, hi = cache.grid_scales(summary, settings)
+    head.image(cache.colorbar_png(*cache.bar_args(settings, lo, hi)), output_format="PNG",
+               caption=SCALES[mode] + ("" if fixed is None else f": {grids.fmt(fixed[0])} .. {grids.fmt(fixed[1])}"))
+    head.image(cache.grid_png(sel.path, cache.ckpt_key(ckpt), ikey, layer, settings, _maps=maps,
+                              _base=sel.image.pixels, _summary=summary), output_format="PNG")
+    c = min(ch, n - 1)
+    view_box.markdown(
+        f"min {grids.fmt(summary['min'][c])} · max {grids.fmt(summary['max'][c])}  \n"
+        f"mean {grids.fmt(summary['mean'][c])} · std {grids.fmt(summary['std'][c])}"
+        + (f"  \n:red[{int(summary['n_nonfinite'][c])} NaN/Inf values]" if summary["n_nonfinite"][c] else "")
+        + ("  \nall zero" if summary["all_zero"][c] else ""))
+    view_box.image(cache.channel_view_png(sel.path, cache.ckpt_key(ckpt), ikey, layer, c,
+                                          (float(lo[c]), float(hi[c]), cmap, VIEW_PX, alpha), _map=maps[c],
+                                          _base=sel.image.pixels), output_format="PNG")
+    return True
+
+
+@state.timed_fragment("grid")
+def checkpoint_view() -> None:
+    """Scrubber, grid and channel view: moving the scrubber reruns only this fragment."""
+    ckpt = state.scrub(sel)
+    ok = ckpt is not None and draw(ckpt)
+    state.scrub_widgets(sel)
+    if ok:  # last, so this is drawn first: the next checkpoint's activations and these images, in the background
+        state.read_ahead_next(sel, cache.GridView(layer, settings, min(ch, n_ch - 1), VIEW_PX))
+
+
+checkpoint_view()
 
 have = result is not None or cache.is_swept(sel.path, sel.stamp, ikey, sel.trust, "image")
 with v2:
@@ -132,9 +148,6 @@ with v2:
                 traj = with_x(traj, x, hist, sel.run.manifest.mini_epoch_images)
                 return channel_trajectory(traj, x=x, title=f"{layer} channel {ch} over training", width=520), traj
 
-            widgets.chart("grid_traj", (sel.path, sel.stamp, ikey, layer, int(ch), x), trajectory)
+            widgets.chart("grid_traj", (sel.path, sel.stamp, ikey, layer, ch, x), trajectory)
         except RunError as e:
             st.warning(f"Trajectory unavailable: {e}")
-
-# last, so the page is drawn first: the next checkpoint's activations and these images, in the background
-state.read_ahead_next(sel, cache.GridView(layer, settings, int(ch), VIEW_PX))

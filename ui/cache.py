@@ -1,6 +1,7 @@
 """All Streamlit caching lives here; cached functions take plain keys (paths, mtimes, identities, hashes)."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import threading
 from collections import OrderedDict
@@ -174,6 +175,7 @@ class _ReadAhead:
         self.jobs: OrderedDict[tuple, Future] = OrderedDict()
         self.served: OrderedDict[tuple, None] = OrderedDict()  # keys image_activations computed lately
         self.pngs: OrderedDict[tuple, bytes] = OrderedDict()  # images drawn ahead, until drawn() asks
+        self.prepared: dict[tuple, Future] = {}  # one-tap extractors being built
 
     def submit(self, key: tuple, fn: Callable[[], dict[str, np.ndarray]]) -> bool:
         with self.lock:
@@ -211,7 +213,20 @@ class _ReadAhead:
 
     def idle(self) -> bool:
         with self.lock:
-            return all(f.done() for f in self.jobs.values())
+            return all(f.done() for f in (*self.jobs.values(), *self.prepared.values()))
+
+    def known(self, key: tuple) -> bool:
+        """``image_activations`` of ``key`` is being computed ahead or was computed lately."""
+        with self.lock:
+            return key in self.jobs or key in self.served
+
+    def prepare(self, key: tuple, fn: Callable[[], None]) -> None:
+        """Run ``fn`` in the background thread (building a one-tap extractor) unless it is running for ``key``."""
+        with self.lock:
+            for k in [k for k, f in self.prepared.items() if f.done()]:
+                del self.prepared[k]
+            if key not in self.prepared:
+                self.prepared[key] = self.pool.submit(fn)
 
 
 @st.cache_resource(show_spinner=False)
@@ -272,7 +287,22 @@ def read_ahead_idle() -> bool:
 @st.cache_resource(show_spinner=False, max_entries=64)
 def image_layer(run_path: str, arch: int, ckpt: tuple, image_key: str, layer: str, trust: bool,
                 _image: np.ndarray) -> np.ndarray:
-    """One tap of one probe image at one checkpoint: (1, ...) read-only (scrubbing keeps these)."""
+    """One tap of one probe image at one checkpoint: (1, ...) read-only (scrubbing keeps these).
+
+    From ``image_activations`` when they are computed ahead or lately; else, once the tap's
+    one-tap extractor is built (in the background, the first time), only this tap is computed
+    from only the weights it depends on (``RunEngine.tap_activations``).
+    """
+    key = _activations_key(run_path, arch, ckpt, image_key, trust)
+    ahead = _read_ahead()
+    if not ahead.known(key):
+        eng = engine(run_path, arch, trust)
+        me, path, kind, size, mtime = ckpt
+        a = eng.tap_activations(Checkpoint(me, Path(path), kind, size, mtime), _image[None], layer)
+        if a is not None:
+            a.flags.writeable = False
+            return a
+        ahead.prepare(("tap", run_path, arch, trust, layer), functools.partial(eng.prepare_tap, layer))
     return image_activations(run_path, arch, ckpt, image_key, trust, _image)[layer]
 
 

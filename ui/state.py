@@ -1,6 +1,8 @@
 """Shared sidebar controls kept across pages and mirrored in the URL's query parameters."""
 from __future__ import annotations
 
+import functools
+import os
 import re
 import sys
 import time
@@ -46,6 +48,8 @@ class Selection:
     ckpt: Checkpoint | None = None
     image: ProbeImage | None = None
     trust: bool = False
+    scrub_box: Any = None  # sidebar container the page's fragment writes the scrubber into (``scrub``)
+    play_state: tuple = ()  # (playing, speed) when the page ran in full: a change needs a full rerun
 
     @property
     def path(self) -> str:
@@ -125,12 +129,12 @@ _PAGE_RE = re.compile(r"^[a-z][a-z0-9_]{0,40}$")  # a page is a plain file name 
 
 
 def _leave_pages_folder_mode() -> None:
-    """Rerun through app.py's ``st.navigation`` when Streamlit ran this page in "pages folder" mode.
+    """Rerun through explorer.py's ``st.navigation`` when Streamlit ran this page in "pages folder" mode.
 
     Streamlit decides per process whether a ``pages/`` folder next to the main script means the
-    old multipage mode; only the public ``st.navigation`` call in app.py switches it off. When the
-    first URL a fresh server gets is a page (``/grid``), app.py never runs, so every session would
-    stay in the old mode (file-name navigation, no app.py). AppTest resets it before every run.
+    old multipage mode; only the public ``st.navigation`` call in explorer.py switches it off. When
+    the first URL a fresh server gets is a page (``/grid``), explorer.py never runs, so every session
+    would stay in the old mode (file-name navigation, no explorer.py). AppTest resets it before every run.
     """
     try:
         from streamlit.runtime.pages_manager import PagesManager
@@ -255,10 +259,23 @@ def _toggle_play(options: list[int]) -> None:
     st.session_state["_play_t"] = time.monotonic()
 
 
-def select_checkpoint(run: Run, ckpts: list[Checkpoint]) -> Checkpoint | None:
-    """Sidebar scrubber over the run's mini-epochs: slider, Previous / Next and Play; ``ckpt`` query parameter."""
+def select_checkpoint(run: Run, ckpts: list[Checkpoint], box: Any = None, tick: bool = True) -> Checkpoint | None:
+    """Sidebar scrubber over the run's mini-epochs: slider, Previous / Next and Play; ``ckpt`` query parameter.
+
+    ``box``: the sidebar container to write into (default: a new one). ``tick``: start Play's
+    timer here (a page that scrubs in a fragment starts it in its full run, see ``sidebar``).
+    """
+    box = box if box is not None else st.sidebar.container()
+    ckpt = current_checkpoint(ckpts, box)
+    if ckpt is not None:
+        scrubber(ckpts, box, tick)
+    return ckpt
+
+
+def current_checkpoint(ckpts: list[Checkpoint], box: Any) -> Checkpoint | None:
+    """The scrubber's checkpoint: the link's ``ckpt`` on a first load, else the kept one, else the last; in the URL."""
     if not ckpts:
-        st.sidebar.info("This run has no checkpoint yet.")
+        box.info("This run has no checkpoint yet.")
         return None
     options = [c.mini_epoch for c in ckpts]
     wanted = _pending("ckpt")
@@ -270,34 +287,39 @@ def select_checkpoint(run: Run, ckpts: list[Checkpoint]) -> Checkpoint | None:
                 raise ValueError
             cur = w
         except ValueError:
-            st.sidebar.warning(f"Checkpoint {wanted!r} from the link does not exist in this run; "
-                               f"showing mini-epoch {options[-1]}.")
+            box.warning(f"Checkpoint {wanted!r} from the link does not exist in this run; "
+                        f"showing mini-epoch {options[-1]}.")
             cur = options[-1]
     if cur not in options:
         cur = options[-1]
     _seed("ckpt", cur)
-    box = st.sidebar.container()
-    if len(options) == 1:
-        box.caption(f"Checkpoint: mini-epoch {options[0]} (the only one)")
-    else:
-        box.select_slider("Checkpoint (mini-epoch)", options=options, key=_w("ckpt"), on_change=_keep,
-                          args=("ckpt",), help="Arrow keys move the slider; Play steps through every checkpoint.")
-        b1, b2, b3 = box.columns([1, 1, 1.2])
-        i = options.index(cur)
-        b1.button("◀ Prev", key="w_ckpt_prev", on_click=_step, args=(-1, options), disabled=i == 0,
-                  width="stretch")
-        b2.button("Next ▶", key="w_ckpt_next", on_click=_step, args=(1, options), disabled=i == len(options) - 1,
-                  width="stretch")
-        _seed("play", bool(st.session_state.get(_p("play"), False)))
-        b3.toggle("Play", key=_w("play"), on_change=_toggle_play, args=(options,))
-        if st.session_state.get(_p("play")):
-            speed = st.session_state.get(_p("speed"), "1 s")
-            _seed("speed", speed if speed in PLAY_SPEEDS else "1 s")
-            box.radio("Step every", list(PLAY_SPEEDS), key=_w("speed"), on_change=_keep, args=("speed",),
-                      horizontal=True)
-            _player(options, PLAY_SPEEDS[st.session_state[_p("speed")]])
     _set_query("ckpt", cur)
     return ckpts[options.index(cur)]
+
+
+def scrubber(ckpts: list[Checkpoint], box: Any, tick: bool = True) -> None:
+    """The scrubber's widgets for the checkpoint ``current_checkpoint`` chose (call that first)."""
+    options = [c.mini_epoch for c in ckpts]
+    cur = st.session_state[_p("ckpt")]
+    if len(options) == 1:
+        box.caption(f"Checkpoint: mini-epoch {options[0]} (the only one)")
+        return
+    box.select_slider("Checkpoint (mini-epoch)", options=options, key=_w("ckpt"), on_change=_keep,
+                      args=("ckpt",), help="Arrow keys move the slider; Play steps through every checkpoint.")
+    b1, b2, b3 = box.columns([1, 1, 1.2])
+    i = options.index(cur)
+    b1.button("◀ Prev", key="w_ckpt_prev", on_click=_step, args=(-1, options), disabled=i == 0, width="stretch")
+    b2.button("Next ▶", key="w_ckpt_next", on_click=_step, args=(1, options), disabled=i == len(options) - 1,
+              width="stretch")
+    _seed("play", bool(st.session_state.get(_p("play"), False)))
+    b3.toggle("Play", key=_w("play"), on_change=_toggle_play, args=(options,))
+    if st.session_state.get(_p("play")):
+        speed = st.session_state.get(_p("speed"), "1 s")
+        _seed("speed", speed if speed in PLAY_SPEEDS else "1 s")
+        box.radio("Step every", list(PLAY_SPEEDS), key=_w("speed"), on_change=_keep, args=("speed",),
+                  horizontal=True)
+        if tick:
+            _player(options, PLAY_SPEEDS[st.session_state[_p("speed")]])
 
 
 def _player(options: list[int], interval: float) -> None:
@@ -466,9 +488,11 @@ def run_problems(run: Run) -> None:
 # ---- everything at once ------------------------------------------------------------------------
 
 
-def sidebar(page: str, *, image: bool = True, checkpoint: bool = True) -> Selection | None:
+def sidebar(page: str, *, image: bool = True, checkpoint: bool | str = True) -> Selection | None:
     """The shared sidebar of page ``page`` (its file name): run (+ trust opt-in), checkpoint scrubber, probe image.
 
+    ``checkpoint="fragment"`` keeps the scrubber's place in the sidebar for the page's
+    ``st.fragment`` to fill with ``scrub``: moving it then reruns only that fragment.
     Also reads the URL's query parameters on a session's first run and writes them back.
     """
     read_query_params()
@@ -480,7 +504,13 @@ def sidebar(page: str, *, image: bool = True, checkpoint: bool = True) -> Select
     ckpts = run.checkpoints()
     run_problems(run)
     sel = Selection(runs_root(), run, ckpts, trust=trusted(run))
-    if checkpoint:
+    if checkpoint == "fragment":
+        sel.scrub_box = st.sidebar.container()  # filled by ``scrub`` inside the page's fragment
+        sel.play_state = _play_state()
+        options = sel.mini_epochs
+        if sel.play_state[0] and len(options) > 1:
+            _player(options, PLAY_SPEEDS[sel.play_state[1]])
+    elif checkpoint:
         sel.ckpt = select_checkpoint(run, ckpts)
     else:
         cur = st.session_state.get(_p("ckpt"))
@@ -491,8 +521,55 @@ def sidebar(page: str, *, image: bool = True, checkpoint: bool = True) -> Select
     return sel
 
 
-#: Extract the next checkpoint in the background (bench/bench_pages.py turns it off to time cold steps).
-READ_AHEAD = True
+def _play_state() -> tuple[bool, str]:
+    speed = st.session_state.get(_p("speed"), "1 s")
+    return bool(st.session_state.get(_p("play"), False)), speed if speed in PLAY_SPEEDS else "1 s"
+
+
+def scrub(sel: Selection) -> Checkpoint | None:
+    """The checkpoint of a ``sidebar(checkpoint="fragment")`` page, inside its ``st.fragment``; sets ``sel.ckpt``.
+
+    Call ``scrub_widgets`` at the end of the fragment: the browser then gets nothing to draw
+    while the fragment reads weights and runs the model (less contention on a shared machine).
+    Play's timer lives in the full run: switching Play or its speed reruns the whole page.
+    """
+    if _play_state() != sel.play_state:
+        st.rerun(scope="app")
+    sel.ckpt = current_checkpoint(sel.ckpts, sel.scrub_box)
+    return sel.ckpt
+
+
+def scrub_widgets(sel: Selection) -> None:
+    """The scrubber's widgets of a ``scrub`` page, in its place in the sidebar."""
+    if sel.ckpt is not None:
+        scrubber(sel.ckpts, sel.scrub_box, tick=False)
+
+
+#: Durations in seconds of ``timed_fragment`` bodies by name, recorded when not None (bench/bench_pages.py).
+FRAGMENT_TIMES: dict[str, list[float]] | None = None
+
+
+def timed_fragment(name: str) -> Callable[[Callable[[], None]], Callable[[], None]]:
+    """``st.fragment`` whose body's duration is recorded in ``FRAGMENT_TIMES[name]`` when that is on."""
+
+    def wrap(fn: Callable[[], None]) -> Callable[[], None]:
+        @functools.wraps(fn)  # the fragment's identity is its function's name
+        def body() -> None:
+            t = time.perf_counter()
+            try:
+                fn()
+            finally:
+                if FRAGMENT_TIMES is not None:
+                    FRAGMENT_TIMES.setdefault(name, []).append(time.perf_counter() - t)
+
+        return st.fragment(body)
+
+    return wrap
+
+
+#: Extract the next checkpoint in the background (the benchmarks turn it off to time cold steps;
+#: ``ADE_READ_AHEAD=0`` does it for a server).
+READ_AHEAD = os.environ.get("ADE_READ_AHEAD", "1") != "0"
 
 
 def read_ahead_next(sel: Selection, view: cache.GridView | None = None) -> None:
@@ -506,17 +583,6 @@ def read_ahead_next(sel: Selection, view: cache.GridView | None = None) -> None:
     if after and READ_AHEAD:
         cache.read_ahead(sel.path, cache.arch_mtime(sel.run), cache.ckpt_key(after[0]), sel.image.key, sel.trust,
                          sel.image.pixels, view)
-
-
-def start_extraction(sel: Selection) -> None:
-    """Start extracting the image at this checkpoint now, in the background, unless done lately.
-
-    The page's widgets are laid out meanwhile; its ``cache.image_layer`` call then waits for
-    the result instead of starting the work (-8 ms of 92 at 224 px, bench/bench_pages.py).
-    """
-    if sel.ckpt is not None and sel.image is not None:
-        cache.read_ahead(sel.path, cache.arch_mtime(sel.run), cache.ckpt_key(sel.ckpt), sel.image.key, sel.trust,
-                         sel.image.pixels)
 
 
 def x_axis(where: Any = None) -> str:

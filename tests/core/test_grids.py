@@ -232,3 +232,68 @@ def test_fmt_is_compact():
         ["1.4e-3", "-7.4e-4", "0.0216", "3.14", "-1.2e4", "0"]
     assert G.fmt(float("nan")) == "nan" and G.fmt(float("-inf")) == "-inf"
     assert G.tile_label(3, -1.0, 2.0, "zero") == "#3  all 0\n-1 / 2"
+
+
+def _compose_reference(tiles: np.ndarray, labels: Sequence[str], marks: Sequence[str | None], cols: int,
+                 pad: int = 4, label_h: int = 26, border: int = 2,
+                 background: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
+    """core.grids.compose_grid as first written (cells filled, then transposed into place): the reference."""
+    n, h, w, _ = tiles.shape
+    rows, cols = G.grid_shape(n, cols)
+    lines = max([lab.count("\n") + 1 for lab in labels] or [1])
+    size = max(8, min(12, label_h // lines - 1))
+    ch, cw = h + label_h, max(w, G.label_width(labels, size) if label_h > 0 else 0)
+    # one (cell + trailing pad) block per tile, filled in one go, then laid out row-major
+    cells = np.empty((max(rows * cols, 1), ch + pad, cw + pad, 3), np.uint8)
+    cells[:] = background
+    cells[:n, :h, :w] = tiles
+    for kind, col in G.MARK_RGB.items():
+        idx = [i for i in range(n) if marks[i] == kind]
+        if idx and border > 0:
+            b = min(border, h // 2, w // 2)
+            c = cells[idx]
+            c[:, :b, :w] = col
+            c[:, h - b:h, :w] = col
+            c[:, :h, :b] = col
+            c[:, :h, w - b:w] = col
+            cells[idx] = c
+    grid = cells[:rows * cols].reshape(rows, cols, ch + pad, cw + pad, 3).transpose(0, 2, 1, 3, 4)
+    out = np.empty((pad + rows * (ch + pad), pad + cols * (cw + pad), 3), np.uint8)
+    out[:] = background
+    out[pad:, pad:] = grid.reshape(rows * (ch + pad), cols * (cw + pad), 3)
+    cell = (ch, cw)
+    if label_h > 0:
+        for i in range(n):
+            y, x = G.tile_origin(i, cols, cell, pad)
+            colour = G.MARK_RGB["nonfinite"] if marks[i] == "nonfinite" else (40, 40, 40)
+            G.draw_text(out, y + h + 1, x + 1, labels[i], size, colour)
+    return out
+
+
+
+@pytest.mark.parametrize("n,cols,h,w,label_h", [(16, 8, 12, 12, 26), (13, 5, 7, 9, 26), (3, 8, 6, 4, 0),
+                                                (1, 8, 1, 1, 26), (70, 8, 5, 5, 26), (0, 8, 4, 4, 26)])
+def test_compose_grid_equals_the_reference(n, cols, h, w, label_h):
+    """The in-place layout (tile rows copied through a strided view) gives the same bytes as the first version."""
+    rng = np.random.default_rng(n)
+    tiles = rng.integers(0, 256, (n, h, w, 3), dtype=np.uint8)
+    kinds = [None, "nonfinite", "zero", "selected", None]
+    marks = [kinds[i % len(kinds)] for i in range(n)]
+    labels = [G.tile_label(i, float(rng.normal()), float(rng.normal()) * 1e5, marks[i]) for i in range(n)]
+    got = G.compose_grid(tiles, labels, marks, cols, label_h=label_h)
+    assert_array_equal(got, _compose_reference(tiles, labels, marks, cols, label_h=label_h))
+    strided = np.concatenate([tiles, tiles[..., :1]], axis=-1)[..., :3]  # a view, as apply_colormap returns
+    assert_array_equal(G.compose_grid(strided, labels, marks, cols, label_h=label_h), got)
+
+
+def test_apply_colormap_gathers_the_table_rows():
+    lut = G.colormap("magma")
+    x = np.array([[0.0, 1.0, np.nan], [0.5, 1.5, 0.2]], np.float32)
+    out = G.apply_colormap(x, lut)
+    assert out.shape == (2, 3, 3) and out.dtype == np.uint8
+    assert_array_equal(out[0, 0], lut[0])
+    assert_array_equal(out[0, 1], lut[255])
+    assert_array_equal(out[1, 0], lut[128])
+    assert_array_equal(out[1, 2], lut[51])
+    assert_array_equal(out[0, 2], G.NONFINITE_RGB)
+    assert_array_equal(out[1, 1], lut[255])  # clipped

@@ -22,8 +22,8 @@ def app_env(runs_root, monkeypatch):
 
 
 def open_app(page: str | None = None, query: dict | None = None) -> AppTest:
-    """Run app.py (optionally with query parameters), then switch to ``pages/<page>.py``; no exception."""
-    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=90)
+    """Run explorer.py (optionally with query parameters), then switch to ``pages/<page>.py``; no exception."""
+    at = AppTest.from_file(str(REPO / "explorer.py"), default_timeout=90)
     if query:
         at.query_params.update(query)
     at.run()

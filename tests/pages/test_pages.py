@@ -103,6 +103,44 @@ def test_query_params_round_trip(app_env):
     assert at.selectbox(key="w_layer").value == "block1_conv1"
 
 
+def test_grid_scrubber_is_a_fragment_in_its_sidebar_place(app_env, monkeypatch):
+    """On the grid page the scrubber is written by the checkpoint fragment, between run and probe image."""
+    from ui import state
+
+    monkeypatch.setattr(state, "FRAGMENT_TIMES", {})
+    at = open_app(query={"run": "tiny", "ckpt": "1", "page": "grid"})
+    side = [c.type for c in at.sidebar.children.values()]
+    assert side[0] == "selectbox" and len(side) >= 3
+    blocks = list(at.sidebar.children.values())
+    assert blocks[1].select_slider(key="w_ckpt").value == 1  # right under the run picker
+    assert blocks[2].radio(key="w_source")  # the probe image comes after it
+    n = len(state.FRAGMENT_TIMES["grid"])
+    at.select_slider(key="w_ckpt").set_value(2)
+    run_ok(at)
+    assert len(state.FRAGMENT_TIMES["grid"]) == n + 1 and "mini-epoch **2**" in texts(at, "markdown")
+    assert at.query_params["ckpt"] == "2"
+    at.toggle(key="w_play").set_value(True)  # Play's timer is started by the full run
+    run_ok(at)
+    assert at.radio(key="w_speed").value == "1 s"
+
+
+def test_grid_checkpoint_that_cannot_be_read_keeps_the_scrubber(app_env, monkeypatch):
+    from core.runs import Run, RunError
+
+    def broken(self, ckpt, architecture=None, names=None):
+        raise RunError(self.path, "unreadable or truncated checkpoint")
+
+    _clear_image_caches()
+    monkeypatch.setattr(Run, "read_weights", broken)
+    at = open_app(query={"run": "tiny", "ckpt": "2", "page": "grid"})
+    assert "could not be extracted" in texts(at, "error")
+    at.button(key="w_ckpt_prev").click()  # still there: the user can move away
+    run_ok(at)
+    assert at.select_slider(key="w_ckpt").value == 1
+    monkeypatch.undo()
+    _clear_image_caches()
+
+
 def test_invalid_query_params_fall_back_with_warnings(app_env):
     at = open_app(query={"run": "nope", "ckpt": "99", "layer": "../etc", "page": "nowhere"})
     w = texts(at, "warning")
@@ -268,4 +306,38 @@ def test_read_ahead_failures_and_limits():
     ra.keep_drawings({("k", i): b"png" for i in range(10)})
     assert len(ra.pngs) == 8 and ra.drawn(("k", 9)) == b"png" and ra.drawn(("k", 9)) is None
     assert ra.drawn(("k", 0)) is None  # the oldest were dropped
+    assert ra.known(("b",)) and not ra.known(("c",))  # taken lately / never asked
+    gate2, calls = __import__("threading").Event(), []
+    ra.prepare(("tap", "x"), lambda: calls.append(1) or gate2.wait(10))
+    ra.prepare(("tap", "x"), lambda: calls.append(2))  # still running: not again
+    gate2.set()
+    ra.pool.submit(lambda: None).result()
+    assert calls == [1] and ra.idle()
+    ra.prepare(("tap", "x"), lambda: calls.append(3))  # done (e.g. its extractor was evicted since): again
+    ra.pool.submit(lambda: None).result()
+    assert calls == [1, 3]
     ra.pool.shutdown(wait=True)
+
+
+def test_grid_computes_only_the_layer_shown_for_a_new_checkpoint(app_env, monkeypatch):
+    """Without a background result, a new checkpoint is computed for the layer shown only (once prepared)."""
+    import time
+
+    from core.engine import RunEngine
+    from ui import cache, state
+
+    _clear_image_caches()
+    monkeypatch.setattr(state, "READ_AHEAD", False)
+    at = open_app("grid", {"run": "tiny", "ckpt": "0", "layer": "stem_conv"})
+    deadline = time.monotonic() + 30
+    while not cache.read_ahead_idle() and time.monotonic() < deadline:  # the one-tap extractor is built
+        time.sleep(0.01)
+    full, one = [], []
+    real_full, real_one = RunEngine.activations, RunEngine.tap_activations
+    monkeypatch.setattr(RunEngine, "activations", lambda self, *a: full.append(1) or real_full(self, *a))
+    monkeypatch.setattr(RunEngine, "tap_activations", lambda self, *a: one.append(a[-1]) or real_one(self, *a))
+    at.select_slider(key="w_ckpt").set_value(2)
+    run_ok(at)
+    assert one == ["stem_conv"] and not full
+    assert "mini-epoch **2**" in texts(at, "markdown")
+    _clear_image_caches()

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-APP = REPO / "app.py"
+APP = REPO / "explorer.py"  # the script; app.py is its server (st.App)
 APP_TIMEOUT = 120  # first script run imports TensorFlow and builds the engine; the machine is shared
 
 

@@ -99,6 +99,13 @@ def test_app_8_sessions_scrub_different_checkpoints(tiny8_root, reference, monke
         expected[me] = tuple(grids.fmt(s[k][0]) for k in ("min", "max", "mean", "std"))
     assert len(set(expected.values())) == N_SESSIONS, expected  # the shown text tells checkpoints apart
     monkeypatch.setenv("ADE_RUNS_ROOT", str(tiny8_root))
+    # AppTest compiles the page on every run; with "magic" on that is an ast.parse, which CPython 3.11
+    # does not allow in several threads at once ("AST constructor recursion depth mismatch").
+    # A server compiles each page once and our pages do not use magic.
+    from streamlit import config
+
+    monkeypatch.setattr(config, "get_option", lambda k, _get=config.get_option: False if k == "runner.magicEnabled"
+                        else _get(k))
     # warm the process-wide caches once (TensorFlow import, engine build), as a running server would be
     warm = new_app(page="grid", run="tiny8", layer=LAYER, ckpt=0)
     warm.run()
