@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,16 +36,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-CHROMIUM = Path("/usr/bin/chromium")
+from tests.e2e.browser import CHROME_ARGS, CHROMIUM, free_port, grid_src, idle  # noqa: E402
+
 PAUSE = 0.5  # seconds between scrub steps, and before each step of the floor and the naive way
-CHROME_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-               "--disable-sync", "--no-first-run", "--disable-quic"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:
@@ -54,7 +46,7 @@ class Server:
 
     def __init__(self, root: Path, tmp: Path, read_ahead: bool) -> None:
         self.log, self.times_file = tmp / f"server-{read_ahead}.log", tmp / f"times-{read_ahead}.jsonl"
-        self.port = _free_port()
+        self.port = free_port()
         env = dict(os.environ, ADE_BENCH_TIMES=str(self.times_file), ADE_READ_AHEAD="1" if read_ahead else "0")
         self.proc = subprocess.Popen(
             [sys.executable, str(REPO / "bench" / "timed_server.py"), "app.py", "--server.port", str(self.port),
@@ -85,21 +77,6 @@ class Server:
             self.proc.kill()
 
 
-def _idle(page) -> None:
-    page.wait_for_timeout(150)
-    page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=120_000)
-
-
-def _grid_src(page) -> str:
-    imgs = page.locator('[data-testid="stMain"] [data-testid="stImage"] img')
-    best, area = "", -1
-    for i in range(imgs.count()):
-        box = imgs.nth(i).bounding_box() or {"width": 0, "height": 0}
-        if box["width"] * box["height"] > area:
-            best, area = imgs.nth(i).get_attribute("src") or "", box["width"] * box["height"]
-    return best
-
-
 def scrub(server: Server, browser, run: str, first: int, layer: str | None, steps: int,
           back: bool) -> dict[str, list[dict]]:
     """Open the grid page at ``first`` and press ArrowRight ``steps`` times (then ArrowLeft as often if ``back``)."""
@@ -107,20 +84,20 @@ def scrub(server: Server, browser, run: str, first: int, layer: str | None, step
     q = f"run={run}&ckpt={first}" + (f"&layer={layer}" if layer else "")
     page.goto(f"{server.url}/grid?{q}")
     page.wait_for_selector('[data-testid="stMain"] [data-testid="stImage"] img', timeout=180_000)
-    _idle(page)
+    idle(page, settle_ms=150)
     page.wait_for_timeout(1500)  # let the first run's background work end
     out: dict[str, list[dict]] = {}
     for key, n in (("ArrowRight", steps), ("ArrowLeft", steps if back else 0)):
         recs = []
         for _ in range(n):
-            before = _grid_src(page)
+            before = grid_src(page)
             server.mark()
             thumb = page.locator('[data-testid="stSidebar"]').get_by_role("slider").first
             thumb.focus()
             page.keyboard.press(key)
-            _idle(page)
+            idle(page, settle_ms=150)
             t_end = time.monotonic() + 10
-            while _grid_src(page) == before:
+            while grid_src(page) == before:
                 if time.monotonic() > t_end:
                     raise RuntimeError(f"the grid image did not change after {key}")
                 page.wait_for_timeout(50)
@@ -131,7 +108,7 @@ def scrub(server: Server, browser, run: str, first: int, layer: str | None, step
     for _ in range(5):  # full reruns ("r"), everything cached
         page.locator("h1").first.click()
         page.keyboard.press("r")
-        _idle(page)
+        idle(page, settle_ms=150)
     out["full"] = server.times()
     page.close()
     return out

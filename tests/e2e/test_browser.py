@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -16,24 +15,17 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.browser import CHROME_ARGS, CHROMIUM, free_port, grid_src, idle
+
 pytestmark = pytest.mark.browser
 
 REPO = Path(__file__).resolve().parents[2]
-CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = REPO / "tests" / "e2e" / "screenshots"
 README_IMG = REPO / "docs" / "img"
 PHOTO = REPO.parent / "shared" / "testdata" / "photos" / "chelsea.png"
-CHROME_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-               "--disable-sync", "--no-first-run", "--disable-quic"]
 NAV = {"overview": "Overview", "grid": "Channel grid", "dynamics": "Dynamics", "gates": "SE gates",
        "weights": "Weights"}
 README_PAGES = ("overview", "grid", "dynamics", "gates")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _demo_root() -> Path | None:
@@ -54,7 +46,7 @@ def server(runs_root, tmp_path_factory):
     if root is None:
         root = tmp_path_factory.mktemp("e2e_runs")
         shutil.copytree(runs_root / "tiny", root / "tiny")
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, ADE_RUNS_ROOT=str(root), TF_CPP_MIN_LOG_LEVEL="2")
     log = tmp_path_factory.mktemp("e2e_log") / "streamlit.log"
     t_start = time.monotonic()
@@ -82,26 +74,9 @@ def server(runs_root, tmp_path_factory):
             proc.kill()
 
 
-def _idle(page, timeout: float = 180_000) -> None:
-    """Wait until the app's script run is over (Streamlit marks the root element)."""
-    page.wait_for_timeout(300)
-    page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=timeout)
-
-
 def _no_exception(page, where: str) -> None:
     n = page.locator('[data-testid="stException"]').count()
     assert n == 0, f"{where}: {page.locator('[data-testid=stException]').first.inner_text()[:2000]}"
-
-
-def _grid_src(page) -> str:
-    """src of the channel grid image (the largest image in the main area)."""
-    imgs = page.locator('[data-testid="stMain"] [data-testid="stImage"] img')
-    best, area = "", -1
-    for i in range(imgs.count()):
-        box = imgs.nth(i).bounding_box() or {"width": 0, "height": 0}
-        if box["width"] * box["height"] > area:
-            best, area = imgs.nth(i).get_attribute("src") or "", box["width"] * box["height"]
-    return best
 
 
 def _shot(page, name: str, readme: bool) -> None:
@@ -127,7 +102,7 @@ def test_browser_end_to_end(server):
             t_content = time.perf_counter() - t0
             page.wait_for_selector('[data-testid="stMain"] [data-testid="stImage"] img', timeout=120_000)
             t_grid, t_run = time.perf_counter() - t0, time.monotonic() - t_start
-            _idle(page)
+            idle(page)
             print(f"\nfirst render on a fresh server: page content {t_content:.1f} s, channel grid image {t_grid:.1f} s "
                   f"after opening the page; {t_run:.1f} s after `streamlit run` started (the "
                   "server imports TensorFlow while the browser loads the page)")
@@ -136,12 +111,12 @@ def test_browser_end_to_end(server):
 
             # scrub with the keyboard: focus the slider thumb (role slider: a hidden range input in
             # Streamlit 1.67, no aria-valuenow), ArrowLeft, and the grid image changes
-            before = _grid_src(page)
+            before = grid_src(page)
             thumb = page.locator('[data-testid="stSidebar"]').get_by_role("slider").first
             thumb.focus()
             page.keyboard.press("ArrowLeft")
-            _idle(page)
-            after = _grid_src(page)
+            idle(page)
+            after = grid_src(page)
             assert after and after != before, "the grid image did not change after scrubbing"
             _no_exception(page, "grid after scrubbing")
             assert "ckpt=" in page.url
@@ -150,32 +125,32 @@ def test_browser_end_to_end(server):
             play = page.locator('[data-testid="stSidebar"] [data-testid="stCheckbox"]').filter(has_text="Play")
             play.locator("label").first.click()
             t_end = time.monotonic() + 30
-            while _grid_src(page) == after and time.monotonic() < t_end:
+            while grid_src(page) == after and time.monotonic() < t_end:
                 page.wait_for_timeout(200)
-            assert _grid_src(page) != after, "Play did not step to the next checkpoint"
+            assert grid_src(page) != after, "Play did not step to the next checkpoint"
             page.wait_for_function("() => [...document.querySelectorAll('[data-testid=stSidebar] input')]"
                                    ".every(i => i.type !== 'checkbox' || !i.checked)", timeout=30_000)
-            _idle(page)
+            idle(page)
             _no_exception(page, "grid after Play")
-            after = _grid_src(page)
+            after = grid_src(page)
 
             # upload a photo
             if PHOTO.exists():
                 page.get_by_text("Upload", exact=True).click()
-                _idle(page)
+                idle(page)
                 page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(str(PHOTO))
-                _idle(page)
+                idle(page)
                 page.wait_for_selector("text=upload chelsea.png", timeout=60_000)
                 _no_exception(page, "grid after upload")
-                assert _grid_src(page) != after
+                assert grid_src(page) != after
                 page.get_by_text("Probe set", exact=True).click()
-                _idle(page)
+                idle(page)
             _shot(page, "grid", readme)
 
             # every page through the sidebar navigation
             for name, title in NAV.items():
                 page.locator('[data-testid="stSidebarNav"]').get_by_text(title, exact=True).click()
-                _idle(page)
+                idle(page)
                 page.wait_for_timeout(800)  # charts finish drawing
                 _no_exception(page, name)
                 assert f"page={name}" in page.url
@@ -202,15 +177,15 @@ def _export_downloads(page) -> None:
 def _readme_views(page, url: str) -> None:
     """README pictures on demo-troubled: the collapse of block1_conv1 on a fixed colour scale, and its dynamics."""
     page.goto(f"{url}/grid?run=demo-troubled&layer=block1_conv1&ckpt=8")
-    _idle(page)
+    idle(page)
     page.locator('[data-testid="stSelectbox"]').filter(has_text="Colour scale").click()
     page.get_by_role("option", name="fixed (all checkpoints)").click()
-    _idle(page)
+    idle(page)
     page.wait_for_timeout(800)
     _no_exception(page, "grid (fixed scale)")
     _shot(page, "grid", True)
     page.locator('[data-testid="stSidebarNav"]').get_by_text("Dynamics", exact=True).click()
-    _idle(page)
+    idle(page)
     page.wait_for_timeout(1000)
     _no_exception(page, "dynamics (block1_conv1)")
     _shot(page, "dynamics", True)
