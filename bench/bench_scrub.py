@@ -24,11 +24,9 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -36,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from tests.e2e.browser import CHROME_ARGS, CHROMIUM, free_port, grid_src, idle  # noqa: E402
+from tests.e2e.browser import CHROME_ARGS, CHROMIUM, grid_src, idle, start_app, stop_app  # noqa: E402
 
 PAUSE = 0.5  # seconds between scrub steps, and before each step of the floor and the naive way
 
@@ -46,22 +44,9 @@ class Server:
 
     def __init__(self, root: Path, tmp: Path, read_ahead: bool) -> None:
         self.log, self.times_file = tmp / f"server-{read_ahead}.log", tmp / f"times-{read_ahead}.jsonl"
-        self.port = free_port()
         env = dict(os.environ, ADE_BENCH_TIMES=str(self.times_file), ADE_READ_AHEAD="1" if read_ahead else "0")
-        self.proc = subprocess.Popen(
-            [sys.executable, str(REPO / "bench" / "timed_server.py"), "app.py", "--server.port", str(self.port),
-             "--server.headless", "true", "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
-             "--", "--runs-root", str(root)], cwd=REPO, env=env, stdout=open(self.log, "w"), stderr=subprocess.STDOUT)
-        self.url = f"http://127.0.0.1:{self.port}"
-        t_end = time.monotonic() + 90
-        while True:
-            try:
-                urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2)
-                return
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > t_end:
-                    raise RuntimeError(f"streamlit did not start:\n{self.log.read_text()[-3000:]}")
-                time.sleep(0.3)
+        self.proc, self.url = start_app([sys.executable, str(REPO / "bench" / "timed_server.py")], root, self.log,
+                                        env)
 
     def mark(self) -> None:
         self.times_file.write_text("")
@@ -70,11 +55,7 @@ class Server:
         return [json.loads(line) for line in self.times_file.read_text().splitlines() if line.strip()]
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        stop_app(self.proc)
 
 
 def scrub(server: Server, browser, run: str, first: int, layer: str | None, steps: int,

@@ -420,9 +420,6 @@ class _StopFlag:
     def __init__(self) -> None:
         self.stopped = False
         self._old = {s: signal.signal(s, self._handler) for s in (signal.SIGTERM, signal.SIGINT)}
-        # a process started from a thread that blocks signals (thread pools of native libraries do)
-        # inherits that mask: the signals would never arrive and Cancel would do nothing
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
 
     def _handler(self, signum, frame) -> None:
         if self.stopped and signum == signal.SIGINT:

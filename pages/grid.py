@@ -16,8 +16,6 @@ VIEW_PX = 280
 st.title("Channel grid")
 sel = state.sidebar("grid", checkpoint="fragment")  # the scrubber is drawn by ``checkpoint_view`` below
 if sel is None or not sel.ckpts or sel.image is None:
-    if sel is not None and not sel.ckpts:
-        st.sidebar.info("This run has no checkpoint yet.")
     st.stop()
 eng = state.engine(sel.run)
 if eng is None:
@@ -75,14 +73,15 @@ view_box = v1.container()
 settings = (mode, cmap, fixed, sort, page, per_page, TILE_PX[size], alpha, ch)
 
 
-def draw(ckpt) -> bool:
-    """The grid, its colour bar and the channel view at ``ckpt``; False after showing why they cannot be drawn."""
+def draw(ckpt) -> int | None:
+    """The grid, its colour bar and the channel view at ``ckpt``: the channel viewed, or None after saying why not."""
+    key = cache.ckpt_key(ckpt)
     try:
-        maps, summary = cache.layer_maps(sel.path, cache.arch_mtime(sel.run), cache.ckpt_key(ckpt), ikey,
-                                         layer, sel.trust, _image=sel.image.pixels)
+        maps, summary = cache.layer_maps(sel.path, cache.arch_mtime(sel.run), key, ikey, layer, sel.trust,
+                                         _image=sel.image.pixels)
     except (RunError, ValueError, OSError) as e:
         head.error(f"Mini-epoch {ckpt.mini_epoch} could not be extracted: {e}")
-        return False
+        return None
     n = len(maps)
     marks = grids.channel_marks(summary)
     n_nan, n_zero = marks.count("nonfinite"), marks.count("zero")
@@ -99,7 +98,7 @@ def draw(ckpt) -> bool:
     lo, hi = cache.grid_scales(summary, settings)
     head.image(cache.colorbar_png(*cache.bar_args(settings, lo, hi)), output_format="PNG",
                caption=SCALES[mode] + ("" if fixed is None else f": {grids.fmt(fixed[0])} .. {grids.fmt(fixed[1])}"))
-    head.image(cache.grid_png(sel.path, cache.ckpt_key(ckpt), ikey, layer, settings, _maps=maps,
+    head.image(cache.grid_png(sel.path, key, ikey, layer, settings, _maps=maps,
                               _base=sel.image.pixels, _summary=summary), output_format="PNG")
     c = min(ch, n - 1)
     view_box.markdown(
@@ -107,20 +106,20 @@ def draw(ckpt) -> bool:
         f"mean {grids.fmt(summary['mean'][c])} · std {grids.fmt(summary['std'][c])}"
         + (f"  \n:red[{int(summary['n_nonfinite'][c])} NaN/Inf values]" if summary["n_nonfinite"][c] else "")
         + ("  \nall zero" if summary["all_zero"][c] else ""))
-    view_box.image(cache.channel_view_png(sel.path, cache.ckpt_key(ckpt), ikey, layer, c,
+    view_box.image(cache.channel_view_png(sel.path, key, ikey, layer, c,
                                           (float(lo[c]), float(hi[c]), cmap, VIEW_PX, alpha), _map=maps[c],
                                           _base=sel.image.pixels), output_format="PNG")
-    return True
+    return c
 
 
 @state.timed_fragment("grid")
 def checkpoint_view() -> None:
     """Scrubber, grid and channel view: moving the scrubber reruns only this fragment."""
     ckpt = state.scrub(sel)
-    ok = ckpt is not None and draw(ckpt)
+    viewed = draw(ckpt) if ckpt is not None else None
     state.scrub_widgets(sel)
-    if ok:  # last, so this is drawn first: the next checkpoint's activations and these images, in the background
-        state.read_ahead_next(sel, cache.GridView(layer, settings, min(ch, n_ch - 1), VIEW_PX))
+    if viewed is not None:  # last, so this is drawn first: the next checkpoint's images, in the background
+        state.read_ahead_next(sel, cache.GridView(layer, settings, viewed, VIEW_PX))
 
 
 checkpoint_view()

@@ -69,6 +69,12 @@ def ckpt_key(c: Checkpoint) -> tuple[int, str, str, int, int]:
     return (c.mini_epoch, str(c.path), c.kind, c.size, c.mtime_ns)
 
 
+def checkpoint_of(ckpt: tuple) -> Checkpoint:
+    """The checkpoint a ``ckpt_key`` names."""
+    me, path, kind, size, mtime = ckpt
+    return Checkpoint(me, Path(path), kind, size, mtime)
+
+
 def ckpt_stamp(ckpts: list[Checkpoint]) -> tuple:
     """Identity of a run's whole checkpoint list (changes when one is added or rewritten)."""
     return tuple((c.mini_epoch, c.size, c.mtime_ns) for c in ckpts)
@@ -239,8 +245,7 @@ def _activations_key(run_path: str, arch: int, ckpt: tuple, image_key: str, trus
 
 
 def _compute_activations(eng, ckpt: tuple, image: np.ndarray) -> dict[str, np.ndarray]:
-    me, path, kind, size, mtime = ckpt
-    acts = eng.activations(Checkpoint(me, Path(path), kind, size, mtime), image[None])
+    acts = eng.activations(checkpoint_of(ckpt), image[None])
     for a in acts.values():
         a.flags.writeable = False
     return acts
@@ -297,8 +302,7 @@ def image_layer(run_path: str, arch: int, ckpt: tuple, image_key: str, layer: st
     ahead = _read_ahead()
     if not ahead.known(key):
         eng = engine(run_path, arch, trust)
-        me, path, kind, size, mtime = ckpt
-        a = eng.tap_activations(Checkpoint(me, Path(path), kind, size, mtime), _image[None], layer)
+        a = eng.tap_activations(checkpoint_of(ckpt), _image[None], layer)
         if a is not None:
             a.flags.writeable = False
             return a
@@ -528,9 +532,10 @@ def _draw_ahead(acts: dict[str, np.ndarray], view: GridView, run_path: str, ckpt
     summary = grids.channel_summary(maps)
     lo, hi = grid_scales(summary, view.settings)
     cmap, alpha = view.settings[1], view.settings[7]
+    bar = bar_args(view.settings, lo, hi)
     out = {("grid", run_path, ckpt, image_key, view.layer, view.settings): _draw_grid(maps, view.settings, image,
                                                                                        summary),
-           ("bar", *bar_args(view.settings, lo, hi)): _draw_bar(*bar_args(view.settings, lo, hi))}
+           ("bar", *bar): _draw_bar(*bar)}
     if 0 <= view.channel < len(maps):
         scale = (float(lo[view.channel]), float(hi[view.channel]), cmap, view.view_px, alpha)
         out[("view", run_path, ckpt, image_key, view.layer, view.channel, scale)] = _draw_view(

@@ -1,14 +1,13 @@
 """Streamlit cache wrappers of the Compare and Inspector pages (plain keys; results passed unhashed)."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.runs import Checkpoint, Run
+from core.runs import Run
 from ui import cache
 
 
@@ -53,10 +52,9 @@ def predictions(run_path: str, arch: int, ckpt: tuple, probes_mtime: int, trust:
     """Probabilities (N, K) of the run's probe set at one checkpoint (``ckpt`` = ``cache.ckpt_key``)."""
     from core.inspector import predict_probes
 
-    me, path, kind, size, mtime = ckpt
     eng = cache.engine(run_path, arch, trust)
     x, _ = cache.probe_set(run_path, probes_mtime)
-    return predict_probes(eng, Checkpoint(me, Path(path), kind, size, mtime), x)
+    return predict_probes(eng, cache.checkpoint_of(ckpt), x)
 
 
 @st.cache_data(show_spinner="Reading the first-layer filters…", max_entries=16)

@@ -313,9 +313,9 @@ def scrubber(ckpts: list[Checkpoint], box: Any, tick: bool = True) -> None:
               width="stretch")
     _seed("play", bool(st.session_state.get(_p("play"), False)))
     b3.toggle("Play", key=_w("play"), on_change=_toggle_play, args=(options,))
-    if st.session_state.get(_p("play")):
-        speed = st.session_state.get(_p("speed"), "1 s")
-        _seed("speed", speed if speed in PLAY_SPEEDS else "1 s")
+    playing, speed = _play_state()
+    if playing:
+        _seed("speed", speed)
         box.radio("Step every", list(PLAY_SPEEDS), key=_w("speed"), on_change=_keep, args=("speed",),
                   horizontal=True)
         if tick:
@@ -506,6 +506,8 @@ def sidebar(page: str, *, image: bool = True, checkpoint: bool | str = True) -> 
     sel = Selection(runs_root(), run, ckpts, trust=trusted(run))
     if checkpoint == "fragment":
         sel.scrub_box = st.sidebar.container()  # filled by ``scrub`` inside the page's fragment
+        if not ckpts:
+            current_checkpoint(ckpts, sel.scrub_box)  # says there is none
         sel.play_state = _play_state()
         options = sel.mini_epochs
         if sel.play_state[0] and len(options) > 1:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import zlib
+from typing import Sequence
 
 import numpy as np
 import pytest
@@ -235,8 +236,8 @@ def test_fmt_is_compact():
 
 
 def _compose_reference(tiles: np.ndarray, labels: Sequence[str], marks: Sequence[str | None], cols: int,
-                 pad: int = 4, label_h: int = 26, border: int = 2,
-                 background: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
+                       pad: int = 4, label_h: int = 26, border: int = 2,
+                       background: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
     """core.grids.compose_grid as first written (cells filled, then transposed into place): the reference."""
     n, h, w, _ = tiles.shape
     rows, cols = G.grid_shape(n, cols)

@@ -139,21 +139,3 @@ def test_cli_train_and_resume(tmp_path, capsys):
     # Cosine decay over the planned 2 x 2 steps: half-way after mini-epoch 1, zero at the end.
     assert math.isclose(lr[0], 0.025, rel_tol=1e-4) and lr[1] < 1e-6
     assert run.manifest.training["optimizer"] == "sgd"
-
-
-def test_stop_flag_unblocks_the_signals_it_handles():
-    """A trainer started from a thread that blocks SIGTERM inherits the block; the flag lifts it (Cancel works)."""
-    import signal
-
-    from core.trainer import _StopFlag
-
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
-    try:
-        flag = _StopFlag()
-        try:
-            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])
-            assert signal.SIGTERM not in blocked and signal.SIGINT not in blocked
-        finally:
-            flag.restore()
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, before)

@@ -2,7 +2,13 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROME_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -30,3 +36,38 @@ def grid_src(page) -> str:
         if box["width"] * box["height"] > area:
             best, area = imgs.nth(i).get_attribute("src") or "", box["width"] * box["height"]
     return best
+
+
+def start_app(launcher: list[str], root: Path, log: Path, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+    """``<launcher> app.py`` on a free loopback port over the runs ``root``: (process, url) once it answers.
+
+    ``launcher``: ``[python, "-m", "streamlit", "run"]`` or a wrapper taking the same arguments.
+    Raises RuntimeError with the end of ``log`` when the server does not come up in 90 s.
+    """
+    port = free_port()
+    proc = subprocess.Popen(
+        [*launcher, "app.py", "--server.port", str(port), "--server.headless", "true", "--server.address",
+         "127.0.0.1", "--browser.gatherUsageStats", "false", "--", "--runs-root", str(root)],
+        cwd=REPO, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    t_end = time.monotonic() + 90
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/_stcore/health", timeout=2)
+            return proc, url
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > t_end:
+                stop_app(proc)
+                raise RuntimeError(f"streamlit did not start:\n{log.read_text()[-3000:]}") from None
+            time.sleep(0.3)
+
+
+def stop_app(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+STREAMLIT_RUN = [sys.executable, "-m", "streamlit", "run"]

@@ -7,15 +7,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.browser import CHROME_ARGS, CHROMIUM, free_port, grid_src, idle
+from tests.e2e.browser import CHROME_ARGS, CHROMIUM, STREAMLIT_RUN, grid_src, idle, start_app, stop_app
 
 pytestmark = pytest.mark.browser
 
@@ -46,32 +43,17 @@ def server(runs_root, tmp_path_factory):
     if root is None:
         root = tmp_path_factory.mktemp("e2e_runs")
         shutil.copytree(runs_root / "tiny", root / "tiny")
-    port = free_port()
     env = dict(os.environ, ADE_RUNS_ROOT=str(root), TF_CPP_MIN_LOG_LEVEL="2")
     log = tmp_path_factory.mktemp("e2e_log") / "streamlit.log"
     t_start = time.monotonic()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.headless", "true",
-         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false", "--", "--runs-root", str(root)],
-        cwd=REPO, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
     try:
-        t_end = time.monotonic() + 90
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/_stcore/health", timeout=2)
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > t_end:
-                    pytest.fail(f"streamlit did not start:\n{log.read_text()[-3000:]}")
-                time.sleep(0.3)
+        proc, url = start_app(STREAMLIT_RUN, root, log, env)
+    except RuntimeError as e:
+        pytest.fail(str(e))
+    try:
         yield url, root, readme, t_start
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_app(proc)
 
 
 def _no_exception(page, where: str) -> None:
