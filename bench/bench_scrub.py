@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from tests.e2e.browser import CHROME_ARGS, CHROMIUM, grid_src, idle, start_app, stop_app  # noqa: E402
+from tests.e2e.browser import CHROME_ARGS, CHROMIUM, GRID, grid_is_painted, grid_src, idle, start_app, stop_app  # noqa: E402
 
 PAUSE = 0.5  # seconds between scrub steps, and before each step of the floor and the naive way
 
@@ -42,9 +42,11 @@ PAUSE = 0.5  # seconds between scrub steps, and before each step of the floor an
 class Server:
     """``bench/timed_server.py app.py`` on a free port; ``times()`` are the runs recorded since ``mark()``."""
 
-    def __init__(self, root: Path, tmp: Path, read_ahead: bool) -> None:
+    def __init__(self, root: Path, tmp: Path, read_ahead: bool, profile: str | None = None) -> None:
         self.log, self.times_file = tmp / f"server-{read_ahead}.log", tmp / f"times-{read_ahead}.jsonl"
         env = dict(os.environ, ADE_BENCH_TIMES=str(self.times_file), ADE_READ_AHEAD="1" if read_ahead else "0")
+        if profile:
+            env["ADE_BENCH_PROFILE"] = profile
         self.proc, self.url = start_app([sys.executable, str(REPO / "bench" / "timed_server.py")], root, self.log,
                                         env)
 
@@ -64,7 +66,7 @@ def scrub(server: Server, browser, run: str, first: int, layer: str | None, step
     page = browser.new_page(viewport={"width": 1440, "height": 1400})
     q = f"run={run}&ckpt={first}" + (f"&layer={layer}" if layer else "")
     page.goto(f"{server.url}/grid?{q}")
-    page.wait_for_selector('[data-testid="stMain"] [data-testid="stImage"] img', timeout=180_000)
+    page.wait_for_selector(GRID, timeout=180_000)
     idle(page, settle_ms=150)
     page.wait_for_timeout(1500)  # let the first run's background work end
     out: dict[str, list[dict]] = {}
@@ -121,6 +123,8 @@ def main() -> int:
     ap.add_argument("--seed-224", action="store_true", help="a temporary run of the 1.5 M-parameter 224 px network")
     ap.add_argument("--steps", type=int, default=8, help="slider steps (at most the run's checkpoints - 1)")
     ap.add_argument("--layer", help="layer shown (default: the page's default, the first tap)")
+    ap.add_argument("--profile", metavar="FILE", help="cProfile the fragment runs of the read-ahead-off server "
+                    "(cold and back steps) into FILE (python -m pstats FILE)")
     args = ap.parse_args()
     if not CHROMIUM.exists():
         print("needs Debian's chromium (apt-get install chromium) and playwright (pip install playwright)")
@@ -153,7 +157,7 @@ def main() -> int:
             browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROME_ARGS)
             try:
                 for ahead in (False, True):
-                    server = Server(run_dir.parent, tmp, ahead)
+                    server = Server(run_dir.parent, tmp, ahead, None if ahead else args.profile)
                     try:
                         res[ahead] = scrub(server, browser, run_dir.name, mes[0], args.layer, steps, back=not ahead)
                     finally:
@@ -185,6 +189,10 @@ def main() -> int:
     print(f"floor: weights read + forward pass  median {fl:7.1f} ms  (after {PAUSE} s idle, as the steps above; "
           f"{fl_hot:.1f} ms in a tight loop)")
     print(f"naive: assign weights + predict     median {nv:7.1f} ms  = {nv / cold:.1f}x our cold step")
+    gc_cold = [r.get("gc_ms", 0.0) for r in res[False]["ArrowRight"] if r["fragment"]]
+    if gc_cold:
+        print(f"Python's garbage collector during the cold steps: median {statistics.median(gc_cold):.1f} ms, "
+              f"max {max(gc_cold):.1f} ms")
     if extra:
         print(f"ERROR: {extra} slider steps ran the whole page instead of the checkpoint fragment")
         return 1

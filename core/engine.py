@@ -62,7 +62,6 @@ class RunEngine:
         self.se_blocks = self.extractor.se_blocks
         self._lock = threading.Lock()
         self._tap_extractors: OrderedDict[str, Any] = OrderedDict()  # one-tap extractors, newest last
-        self._fill: Any = None  # the architecture's own weights: stand-ins for variables a tap ignores
 
     @property
     def taps(self) -> list[str]:
@@ -100,9 +99,10 @@ class RunEngine:
             if tap in self._tap_extractors:
                 return
         ex = Extractor(self.model, [tap])
-        fill = self._fill if self._fill is not None else ex.weights_from_model(self.model)
+        # the first execution of a traced graph pays for its optimisation: here, not in the page
+        ex.run_used({v.path: v.numpy() for v in self.model.variables},
+                    np.zeros((1, *self.model.input_shape[1:]), "float32"))
         with self._lock:
-            self._fill = fill
             self._tap_extractors[tap] = ex
             while len(self._tap_extractors) > self.TAP_EXTRACTORS:
                 self._tap_extractors.popitem(last=False)
@@ -114,14 +114,13 @@ class RunEngine:
         early layer a small part of ``activations``' cost, for the last ones about the same.
         """
         with self._lock:
-            ex, fill = self._tap_extractors.get(tap), self._fill
+            ex = self._tap_extractors.get(tap)
             if ex is not None:
                 self._tap_extractors.move_to_end(tap)
         if ex is None:
             return None
         try:
-            wv = ex.weights_from_mapping(self.run.read_weights(ckpt, architecture=self.model, names=ex.used_paths),
-                                         fill=fill)
+            weights = self.run.read_weights(ckpt, architecture=self.model, names=ex.used_paths)
+            return ex.run_used(weights, self.preprocess(images))[tap]
         except ValueError as e:
             raise ValueError(f"{ckpt.path}: {e}") from e
-        return ex.run(wv, self.preprocess(images))[tap]

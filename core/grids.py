@@ -1,6 +1,8 @@
 """Channel grid images: one tile per channel of a layer, composed into one uint8 RGB image (numpy -> PIL)."""
 from __future__ import annotations
 
+import base64
+import html
 import io
 import math
 import struct
@@ -292,8 +294,9 @@ def draw_text(img: np.ndarray, y: int, x: int, text: str, size: int, colour: tup
 
 def fmt(v: float) -> str:
     """Compact number for tile labels: 3 significant digits, 1.4e-3 style below 0.01 and from 1e4, 'nan' for NaN."""
-    if not np.isfinite(v):
-        return "nan" if np.isnan(v) else ("inf" if v > 0 else "-inf")
+    v = float(v)  # a Python float: ~5x faster to test and format than a numpy scalar
+    if not math.isfinite(v):
+        return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
     a = abs(v)
     if a != 0 and (a < 1e-2 or a >= 1e4):
         mant, exp = f"{v:.1e}".split("e")
@@ -358,6 +361,20 @@ def compose_grid(tiles: np.ndarray, labels: Sequence[str], marks: Sequence[str |
     return out
 
 
+def _page_tiles(maps: np.ndarray, mode: Mode, cmap: str, fixed: tuple[float, float] | None, sort: SortKey,
+                page: int, per_page: int, selected: int | None, summary: dict[str, np.ndarray]
+                ) -> tuple[np.ndarray, np.ndarray, list[str | None], list[str]]:
+    """The tiles of one grid page at native size: (channels (n,), uint8 (n, H, W, 3), marks, labels)."""
+    diverging = cmap in DIVERGING
+    lo, hi = value_ranges(summary, mode, fixed, diverging)
+    chans = page_slice(channel_order(summary, sort), page, per_page)
+    rgb = apply_colormap(normalise(maps[chans], lo[chans], hi[chans], diverging), colormap(cmap))
+    marks_all = channel_marks(summary)
+    marks = ["selected" if (c == selected and marks_all[c] is None) else marks_all[c] for c in chans]
+    labels = [tile_label(int(c), summary["min"][c], summary["max"][c], marks_all[c]) for c in chans]
+    return chans, rgb, marks, labels
+
+
 def grid_image(maps: np.ndarray, *, mode: Mode = "layer", cmap: str = "viridis",
                fixed: tuple[float, float] | None = None, sort: SortKey = "index", page: int = 0,
                per_page: int = 64, cols: int = 8, tile_px: int = 96, base: np.ndarray | None = None,
@@ -371,34 +388,139 @@ def grid_image(maps: np.ndarray, *, mode: Mode = "layer", cmap: str = "viridis",
     ``channel_summary(maps)`` if the caller has it already.
     """
     summary = channel_summary(maps) if summary is None else summary
-    diverging = cmap in DIVERGING
-    lo, hi = value_ranges(summary, mode, fixed, diverging)
-    chans = page_slice(channel_order(summary, sort), page, per_page)
+    chans, rgb, marks, text = _page_tiles(maps, mode, cmap, fixed, sort, page, per_page, selected, summary)
     _, h, w = maps.shape
     k = upscale_factor(h, w, tile_px)
     th, tw = h * k, w * k
     cols = max(1, min(cols, (MAX_WIDTH - 4) // (max(tw, 90) + 4)))
-    x01 = normalise(maps[chans], lo[chans], hi[chans], diverging)
-    rgb = upscale(apply_colormap(x01, colormap(cmap)), k)
+    rgb = upscale(rgb, k)
     if base is not None and alpha > 0:
         rgb = blend(rgb, resize_rgb(base, th, tw)[None], alpha)
-    marks_all = channel_marks(summary)
-    marks = ["selected" if (c == selected and marks_all[c] is None) else marks_all[c] for c in chans]
-    text = [tile_label(int(c), summary["min"][c], summary["max"][c], marks_all[c]) for c in chans]
     px = compose_grid(rgb, text, marks, cols, label_h=26 if labels else 0)
     return GridImage(px, tuple(int(c) for c in chans), grid_shape(len(chans), cols)[1], (th, tw))
 
 
-def channel_view(m: np.ndarray, lo: float, hi: float, cmap: str = "viridis", size: int = 320,
-                 base: np.ndarray | None = None, alpha: float = 0.0) -> np.ndarray:
-    """A large view of one channel map (H, W) -> uint8 (~size, ~size, 3) with the scale lo..hi."""
+@dataclass(frozen=True)
+class GridHtml:
+    """A channel grid as HTML: native-size tiles in one PNG, scaled up by the browser (``image-rendering: pixelated``).
+
+    ``channels[i]`` is shown in tile i; ``tile`` is a tile's displayed size (height, width) in px.
+    """
+
+    html: str
+    channels: tuple[int, ...]
+    tile: tuple[int, int]
+
+
+def data_uri(png: bytes) -> str:
+    """PNG bytes as a ``data:`` URI (inline in HTML, no extra request)."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _rgb(c: Sequence[int]) -> str:
+    return f"rgb({c[0]},{c[1]},{c[2]})"
+
+
+LABEL_FONT = "11px/13px ui-monospace,Menlo,Consolas,'DejaVu Sans Mono',monospace"
+LABEL_CHAR_PX = 6.7  # advance of one character of LABEL_FONT (0.6 em in common monospace fonts)
+
+
+def tiles_html(tiles: np.ndarray, k: int, *, labels: Sequence[str] | None = None,
+               marks: Sequence[str | None] | None = None, titles: Sequence[str] | None = None,
+               base_uri: str | None = None, alpha: float = 0.0, kind: str = "ade-tiles") -> str:
+    """HTML of tiles uint8 (n, H, W, 3) shown k times enlarged, in rows that wrap to the page width.
+
+    The tiles go to the browser at native size as ONE PNG (stacked vertically) and each tile
+    shows its part (CSS background position), upscaled without smoothing. ``base_uri``: an
+    image drawn under every tile at opacity ``alpha`` (the overlay of ``blend``). ``marks``
+    draw a coloured inner border (see MARK_RGB); ``labels`` (lines split by \\n) go under
+    the tiles; ``titles`` are hover texts; ``kind`` is the outer element's class (for tests).
+    """
+    n, h, w, _ = tiles.shape
+    th, tw = h * k, w * k
+    sprite = to_png(np.reshape(tiles, (n * h, w, 3)))
+    cls = f"ade-t{zlib.crc32(sprite, zlib.crc32(repr((th, tw, alpha, base_uri is None)).encode())):08x}"
+    lab_w = max((len(line) for lab in labels or () for line in lab.split("\n")), default=0)
+    cell_w = max(tw, math.ceil(lab_w * LABEL_CHAR_PX) + 2)
+    css = [f".{cls}{{display:flex;flex-wrap:wrap;gap:6px 4px;font:{LABEL_FONT};color:rgb(40,40,40)}}",
+           f".{cls} .c{{width:{cell_w}px}}",
+           f".{cls} .t{{position:relative;width:{tw}px;height:{th}px;image-rendering:pixelated;"
+           f"background:var(--ade-sprite) 0 0/{tw}px {n * th}px no-repeat}}",
+           f".{cls} .t>i{{position:absolute;inset:0}}",
+           f".{cls} .l{{white-space:pre;overflow:hidden;margin-top:1px}}",
+           f".{cls} .bad{{color:{_rgb(MARK_RGB['nonfinite'])}}}"]
+    css += [f".{cls} .m-{name}{{box-shadow:inset 0 0 0 2px {_rgb(col)}}}" for name, col in MARK_RGB.items()]
+    if base_uri is not None and alpha > 0:
+        css.append(f".{cls} .b{{background:url({base_uri}) 0 0/100% 100%;opacity:{alpha:g}}}")
+    over = '<i class="b"></i>' if base_uri is not None and alpha > 0 else ""
+    cells = []
+    for i in range(n):
+        mark = marks[i] if marks is not None else None
+        title = f' title="{html.escape(titles[i])}"' if titles is not None else ""
+        inner = over + (f'<i class="m-{mark}"></i>' if mark else "")
+        lab = ""
+        if labels is not None:
+            bad = ' bad' if mark == "nonfinite" else ""
+            lab = f'<div class="l{bad}">{html.escape(labels[i])}</div>'
+        cells.append(f'<div class="c"{title}><div class="t" style="background-position:0 -{i * th}px">{inner}'
+                     f'</div>{lab}</div>')
+    # the image goes in an attribute, not in <style>: Streamlit scans <style> blocks character by
+    # character (a regex), ~7 ms per MB of image
+    return (f'<style>{"".join(css)}</style><div class="{kind} {cls}" style="--ade-sprite:url({data_uri(sprite)})">'
+            f'{"".join(cells)}</div>')
+
+
+def tile_title(channel: int, summary: dict[str, np.ndarray]) -> str:
+    """Hover text of a tile: the channel's statistics."""
+    c = channel
+    out = (f"channel {c}: min {fmt(summary['min'][c])}, max {fmt(summary['max'][c])}, "
+           f"mean {fmt(summary['mean'][c])}, std {fmt(summary['std'][c])}")
+    if summary["n_nonfinite"][c]:
+        out += f", {int(summary['n_nonfinite'][c])} NaN/Inf values"
+    return out + (", all zero" if summary["all_zero"][c] else "")
+
+
+def grid_html(maps: np.ndarray, *, mode: Mode = "layer", cmap: str = "viridis",
+              fixed: tuple[float, float] | None = None, sort: SortKey = "index", page: int = 0,
+              per_page: int = 64, tile_px: int = 96, base_uri: str | None = None, alpha: float = 0.0,
+              selected: int | None = None, summary: dict[str, np.ndarray] | None = None) -> GridHtml:
+    """The channel grid of ``grid_image`` as HTML (``tiles_html``): the same tiles, marks and labels.
+
+    Sending native-size tiles and letting the browser enlarge them costs a fraction of
+    composing, labelling and encoding the enlarged grid (``bench/bench_pages.py``).
+    """
+    summary = channel_summary(maps) if summary is None else summary
+    chans, rgb, marks, labels = _page_tiles(maps, mode, cmap, fixed, sort, page, per_page, selected, summary)
+    _, h, w = maps.shape
+    k = upscale_factor(h, w, tile_px)
+    body = tiles_html(rgb, k, labels=labels, marks=marks, titles=[tile_title(int(c), summary) for c in chans],
+                      base_uri=base_uri, alpha=alpha, kind="ade-grid")
+    return GridHtml(body, tuple(int(c) for c in chans), (h * k, w * k))
+
+
+def channel_view_html(m: np.ndarray, lo: float, hi: float, cmap: str = "viridis", size: int = 320,
+                      base_uri: str | None = None, alpha: float = 0.0) -> str:
+    """The large view of one channel map (H, W) as HTML, enlarged to about ``size`` px, scale lo..hi."""
     diverging = cmap in DIVERGING
-    x = normalise(m[None], np.array([lo]), np.array([hi]), diverging)[0]
-    k = upscale_factor(*m.shape, size)
-    rgb = upscale(apply_colormap(x, colormap(cmap)), k)
-    if base is not None and alpha > 0:
-        rgb = blend(rgb, resize_rgb(base, *rgb.shape[:2]), alpha)
-    return rgb
+    rgb = apply_colormap(normalise(m[None], np.array([lo]), np.array([hi]), diverging), colormap(cmap))
+    return tiles_html(rgb, upscale_factor(*m.shape, size), base_uri=base_uri, alpha=alpha, kind="ade-view")
+
+
+def colorbar_html(cmap: str, lo: float | None, hi: float | None, width: int = 320, caption: str = "",
+                  low_text: str | None = None, high_text: str | None = None) -> str:
+    """The colour bar of ``colorbar`` as HTML: a CSS gradient through the colormap's anchors (the same colours)."""
+    if cmap not in _ANCHORS:
+        raise ValueError(f"unknown colormap {cmap!r}; choose one of {list(COLORMAPS)}")
+    a = _ANCHORS[cmap]
+    stops = ",".join(f"{_rgb(c)} {100 * i / (len(a) - 1):.4g}%" for i, c in enumerate(a))
+    left = low_text if low_text is not None else fmt(lo if lo is not None else math.nan)
+    right = high_text if high_text is not None else fmt(hi if hi is not None else math.nan)
+    mid = "<span>0</span>" if cmap in DIVERGING and low_text is None else ""
+    cap = f'<div style="color:rgba(49,51,63,0.6);font-size:14px">{html.escape(caption)}</div>' if caption else ""
+    return (f'<div class="ade-bar" style="width:{width}px"><div style="font:{LABEL_FONT};color:rgb(40,40,40)">'
+            f'<div style="height:14px;background:linear-gradient(to right,{stops})"></div>'
+            f'<div style="display:flex;justify-content:space-between"><span>{html.escape(left)}</span>{mid}'
+            f'<span>{html.escape(right)}</span></div></div>{cap}</div>')
 
 
 def colorbar(cmap: str, lo: float | None, hi: float | None, width: int = 320, height: int = 14,
@@ -415,6 +537,17 @@ def colorbar(cmap: str, lo: float | None, hi: float | None, width: int = 320, he
     draw_text(out, height + 1, max(0, width - text_mask(right, 11).shape[1] - 1), right, 11, ink)
     if cmap in DIVERGING and low_text is None:
         draw_text(out, height + 1, width // 2 - 3, "0", 11, ink)
+    return out
+
+
+def stack(images: Sequence[np.ndarray], gap: int = 8, background: int = 255) -> np.ndarray:
+    """uint8 RGB images (H_i, W_i, 3) one under the other, left-aligned, ``gap`` px apart -> uint8 (H, max W_i, 3)."""
+    h = sum(im.shape[0] for im in images) + gap * max(0, len(images) - 1)
+    out = np.full((h, max((im.shape[1] for im in images), default=0), 3), background, np.uint8)
+    y = 0
+    for im in images:
+        out[y:y + im.shape[0], :im.shape[1]] = im
+        y += im.shape[0] + gap
     return out
 
 

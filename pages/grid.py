@@ -66,6 +66,10 @@ if mode == "fixed":
         mode = "layer"
 
 head = st.container()  # what depends on the checkpoint is drawn by ``checkpoint_view`` below
+shown: dict = st.session_state.setdefault("grid_shown", {})  # the grid ``draw`` made last (the download's content)
+st.download_button("Download the grid (PNG)", data=lambda: cache.grid_png(**shown), mime="image/png",
+                   file_name=f"{sel.run.path.name}_{layer}.png".replace("/", "_"), on_click="ignore",
+                   key="grid_download", help="The colour bar and the grid of the checkpoint shown, with labels.")
 st.subheader("One channel")
 v1, v2 = st.columns([1, 2])
 ch = int(v1.number_input("Channel", 0, max(n_ch - 1, 0), **state.kept("grid_channel", 0, range(max(n_ch, 1)))))
@@ -81,6 +85,7 @@ def draw(ckpt) -> int | None:
                                          _image=sel.image.pixels)
     except (RunError, ValueError, OSError) as e:
         head.error(f"Mini-epoch {ckpt.mini_epoch} could not be extracted: {e}")
+        shown.clear()
         return None
     n = len(maps)
     marks = grids.channel_marks(summary)
@@ -96,19 +101,21 @@ def draw(ckpt) -> int | None:
     if n_nan:
         head.error(f"{n_nan} of {n} channels of {layer} hold NaN or Inf at mini-epoch {ckpt.mini_epoch}.")
     lo, hi = cache.grid_scales(summary, settings)
-    head.image(cache.colorbar_png(*cache.bar_args(settings, lo, hi)), output_format="PNG",
-               caption=SCALES[mode] + ("" if fixed is None else f": {grids.fmt(fixed[0])} .. {grids.fmt(fixed[1])}"))
-    head.image(cache.grid_png(sel.path, key, ikey, layer, settings, _maps=maps,
-                              _base=sel.image.pixels, _summary=summary), output_format="PNG")
+    caption = SCALES[mode] + ("" if fixed is None else f": {grids.fmt(fixed[0])} .. {grids.fmt(fixed[1])}")
+    widgets.html(cache.colorbar_html(*cache.bar_args(settings, lo, hi), caption=caption)  # one element
+                 + cache.grid_html(sel.path, key, ikey, layer, settings, _maps=maps, _base=sel.image.pixels,
+                                   _summary=summary), where=head)
+    title = f"{sel.run.path.name} | {layer} | mini-epoch {ckpt.mini_epoch} | {sel.image.label}"
+    shown.update(maps=maps, settings=settings, base=sel.image.pixels, summary=summary, title=title.replace("·", "-"))
     c = min(ch, n - 1)
     view_box.markdown(
         f"min {grids.fmt(summary['min'][c])} · max {grids.fmt(summary['max'][c])}  \n"
         f"mean {grids.fmt(summary['mean'][c])} · std {grids.fmt(summary['std'][c])}"
         + (f"  \n:red[{int(summary['n_nonfinite'][c])} NaN/Inf values]" if summary["n_nonfinite"][c] else "")
         + ("  \nall zero" if summary["all_zero"][c] else ""))
-    view_box.image(cache.channel_view_png(sel.path, key, ikey, layer, c,
-                                          (float(lo[c]), float(hi[c]), cmap, VIEW_PX, alpha), _map=maps[c],
-                                          _base=sel.image.pixels), output_format="PNG")
+    widgets.html(cache.channel_view_html(sel.path, key, ikey, layer, c,
+                                         (float(lo[c]), float(hi[c]), cmap, VIEW_PX, alpha), _map=maps[c],
+                                         _base=sel.image.pixels), where=view_box)
     return c
 
 

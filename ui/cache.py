@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import inspect
 import threading
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -49,6 +50,58 @@ _COMPLETE: set[tuple] = set()
 # A result just computed with a progress bar, handed to the cached loader so it is not read twice.
 _HANDOFF: dict[tuple, Any] = {}
 _HANDOFF_LOCK = threading.Lock()
+
+
+class _Memo:
+    """A thread-safe LRU of a function's results, keyed by its arguments whose names do not start with "_".
+
+    Used instead of ``st.cache_resource`` / ``st.cache_data`` for what a scrub step looks up
+    ~10 times: those hash every argument through Streamlit's hasher (0.15-0.3 ms a lookup,
+    measured), this is a dict lookup. Values are shared, never copied: return immutable
+    objects or read-only arrays. Concurrent callers of one key compute it once; errors are
+    not cached. ``clear()`` empties it, as Streamlit's ``.clear()`` does.
+    """
+
+    def __init__(self, fn: Callable[..., Any], max_entries: int) -> None:
+        functools.update_wrapper(self, fn)
+        self.fn, self.max_entries = fn, max_entries
+        params = list(inspect.signature(fn).parameters)
+        self.keep = tuple(i for i, name in enumerate(params) if not name.startswith("_"))
+        self.lock = threading.Lock()
+        self.values: OrderedDict[tuple, Any] = OrderedDict()
+        self.busy: dict[tuple, threading.Lock] = {}
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        key = (tuple(args[i] for i in self.keep if i < len(args)),
+               tuple(sorted((k, v) for k, v in kwargs.items() if not k.startswith("_"))))
+        with self.lock:
+            if key in self.values:
+                self.values.move_to_end(key)
+                return self.values[key]
+            gate = self.busy.setdefault(key, threading.Lock())
+        with gate:
+            with self.lock:
+                if key in self.values:
+                    return self.values[key]
+            try:
+                value = self.fn(*args, **kwargs)
+            finally:
+                with self.lock:
+                    self.busy.pop(key, None)
+            with self.lock:
+                self.values[key] = value
+                while len(self.values) > self.max_entries:
+                    self.values.popitem(last=False)
+            return value
+
+    def clear(self) -> None:
+        with self.lock:
+            self.values.clear()
+
+
+def memo(max_entries: int) -> Callable[[Callable[..., Any]], _Memo]:
+    """Decorator: ``_Memo`` with at most ``max_entries`` results."""
+    return lambda fn: _Memo(fn, max_entries)
 
 
 def _mtime(p: Path) -> int:
@@ -157,9 +210,13 @@ def decode_image(key: str, size: tuple[int, int], channels: int, _src: bytes | s
 @st.cache_data(show_spinner=False, max_entries=32)
 def image_png(key: str, _pixels: np.ndarray) -> bytes:
     """uint8 (H, W, C) image as PNG bytes (``key``: a digest of the pixels); not re-encoded on every rerun."""
+    return _encode_png(_pixels)
+
+
+def _encode_png(pixels: np.ndarray) -> bytes:
     from core import grids
 
-    return grids.to_png(_pixels[..., 0] if _pixels.ndim == 3 and _pixels.shape[2] == 1 else _pixels)
+    return grids.to_png(pixels[..., 0] if pixels.ndim == 3 and pixels.shape[2] == 1 else pixels)
 
 
 #: Entries of ``image_activations``: at 224 px all taps of one image are ~170 MB.
@@ -172,7 +229,7 @@ class _ReadAhead:
     Next, Play and the arrow keys step forward one checkpoint; with the work done while the
     user looks at the current one, the step costs a rerun instead of a weights read, a
     forward pass and drawing. Holds at most two results (keys of ``image_activations``)
-    and eight images (keys of ``grid_png``, ``channel_view_png`` and ``colorbar_png``).
+    and eight drawings (keys of ``grid_html`` and ``channel_view_html``).
     """
 
     def __init__(self) -> None:
@@ -180,7 +237,7 @@ class _ReadAhead:
         self.lock = threading.Lock()
         self.jobs: OrderedDict[tuple, Future] = OrderedDict()
         self.served: OrderedDict[tuple, None] = OrderedDict()  # keys image_activations computed lately
-        self.pngs: OrderedDict[tuple, bytes] = OrderedDict()  # images drawn ahead, until drawn() asks
+        self.drawings: OrderedDict[tuple, str] = OrderedDict()  # drawn ahead, until drawn() asks
         self.prepared: dict[tuple, Future] = {}  # one-tap extractors being built
 
     def submit(self, key: tuple, fn: Callable[[], dict[str, np.ndarray]]) -> bool:
@@ -206,16 +263,16 @@ class _ReadAhead:
         except Exception:  # computed again in the caller, which reports the error properly
             return None
 
-    def keep_drawings(self, pngs: dict[tuple, bytes]) -> None:
+    def keep_drawings(self, drawings: dict[tuple, str]) -> None:
         with self.lock:
-            self.pngs.update(pngs)
-            while len(self.pngs) > 8:
-                self.pngs.popitem(last=False)
+            self.drawings.update(drawings)
+            while len(self.drawings) > 8:
+                self.drawings.popitem(last=False)
 
-    def drawn(self, key: tuple) -> bytes | None:
-        """A PNG drawn ahead for this cache key (once), else None."""
+    def drawn(self, key: tuple) -> str | None:
+        """A drawing made ahead for this cache key (once), else None."""
         with self.lock:
-            return self.pngs.pop(key, None)
+            return self.drawings.pop(key, None)
 
     def idle(self) -> bool:
         with self.lock:
@@ -235,7 +292,7 @@ class _ReadAhead:
                 self.prepared[key] = self.pool.submit(fn)
 
 
-@st.cache_resource(show_spinner=False)
+@memo(1)
 def _read_ahead() -> _ReadAhead:
     return _ReadAhead()
 
@@ -251,7 +308,7 @@ def _compute_activations(eng, ckpt: tuple, image: np.ndarray) -> dict[str, np.nd
     return acts
 
 
-@st.cache_resource(show_spinner=False, max_entries=ACTIVATION_ENTRIES)
+@memo(ACTIVATION_ENTRIES)
 def image_activations(run_path: str, arch: int, ckpt: tuple, image_key: str, trust: bool,
                       _image: np.ndarray) -> dict[str, np.ndarray]:
     """Every tap of ONE probe image at ONE checkpoint: {tap: (1, ...)} (read-only arrays).
@@ -289,7 +346,7 @@ def read_ahead_idle() -> bool:
     return _read_ahead().idle()
 
 
-@st.cache_resource(show_spinner=False, max_entries=64)
+@memo(64)
 def image_layer(run_path: str, arch: int, ckpt: tuple, image_key: str, layer: str, trust: bool,
                 _image: np.ndarray) -> np.ndarray:
     """One tap of one probe image at one checkpoint: (1, ...) read-only (scrubbing keeps these).
@@ -310,7 +367,7 @@ def image_layer(run_path: str, arch: int, ckpt: tuple, image_key: str, layer: st
     return image_activations(run_path, arch, ckpt, image_key, trust, _image)[layer]
 
 
-@st.cache_resource(show_spinner=False, max_entries=64)
+@memo(64)
 def layer_maps(run_path: str, arch: int, ckpt: tuple, image_key: str, layer: str, trust: bool,
                _image: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """``core.grids.channel_maps`` (C, H, W) of ``image_layer`` and their ``channel_summary`` (read-only)."""
@@ -444,54 +501,83 @@ def chart_spec(name: str, deps: tuple, _build: Callable[[], Any]) -> dict:
     return chart.to_dict(validate=False)
 
 
-@st.cache_data(show_spinner=False, max_entries=128)
-def grid_png(run_path: str, ckpt: tuple, image_key: str, layer: str, settings: tuple,
-             _maps: np.ndarray, _base: np.ndarray | None = None, _summary: dict | None = None) -> bytes:
-    """The channel grid as PNG bytes; ``settings`` = (mode, cmap, fixed, sort, page, per_page, tile_px, alpha, selected).
+@memo(128)
+def grid_html(run_path: str, ckpt: tuple, image_key: str, layer: str, settings: tuple,
+              _maps: np.ndarray, _base: np.ndarray | None = None, _summary: dict | None = None) -> str:
+    """The channel grid as HTML (``core.grids.grid_html``); ``settings`` = (mode, cmap, fixed, sort, page, per_page, tile_px, alpha, selected).
 
     ``_maps`` (C, H, W) and ``_base`` (the probe image) are what (run_path, ckpt, image_key, layer)
     identify, so revisiting a checkpoint or re-running the page costs no drawing.
     """
     drawn = _read_ahead().drawn(("grid", run_path, ckpt, image_key, layer, settings))
-    return drawn if drawn is not None else _draw_grid(_maps, settings, _base, _summary)
+    return drawn if drawn is not None else _draw_grid(_maps, settings, image_key, _base, _summary)
 
 
-def _draw_grid(maps: np.ndarray, settings: tuple, base: np.ndarray | None, summary: dict | None = None) -> bytes:
+def _draw_grid(maps: np.ndarray, settings: tuple, image_key: str, base: np.ndarray | None,
+               summary: dict | None = None) -> str:
     from core import grids
 
     mode, cmap, fixed, sort, page, per_page, tile_px, alpha, selected = settings
-    g = grids.grid_image(maps, mode=mode, cmap=cmap, fixed=fixed, sort=sort, page=page, per_page=per_page,
-                         tile_px=tile_px, base=base, alpha=alpha, selected=selected, summary=summary)
-    return grids.to_png(g.pixels)
+    uri = image_uri(image_key, base) if base is not None and alpha > 0 else None
+    return grids.grid_html(maps, mode=mode, cmap=cmap, fixed=fixed, sort=sort, page=page, per_page=per_page,
+                           tile_px=tile_px, base_uri=uri, alpha=alpha, selected=selected, summary=summary).html
 
 
-@st.cache_data(show_spinner=False, max_entries=256)
-def colorbar_png(cmap: str, lo: float | None, hi: float | None, low_text: str | None = None,
-                 high_text: str | None = None) -> bytes:
-    """A colour bar (see ``core.grids.colorbar``) as PNG bytes."""
-    drawn = _read_ahead().drawn(("bar", cmap, lo, hi, low_text, high_text))
-    return drawn if drawn is not None else _draw_bar(cmap, lo, hi, low_text, high_text)
+def grid_png(maps: np.ndarray | None = None, settings: tuple = (), base: np.ndarray | None = None,
+             summary: dict | None = None, title: str = "") -> bytes:
+    """A title line, the colour bar and the channel grid with its labels as one PNG (the grid page's download).
 
-
-def _draw_bar(cmap: str, lo: float | None, hi: float | None, low_text: str | None, high_text: str | None) -> bytes:
+    Without ``maps`` (nothing drawn), a PNG that says so.
+    """
     from core import grids
 
-    return grids.to_png(grids.colorbar(cmap, lo, hi, low_text=low_text, high_text=high_text))
+    if maps is None or summary is None:
+        note = np.full((20, 420, 3), 255, np.uint8)
+        grids.draw_text(note, 4, 4, "No grid: this checkpoint could not be extracted.", 12, (40, 40, 40))
+        return grids.to_png(note)
+    mode, cmap, fixed, sort, page, per_page, tile_px, alpha, selected = settings
+    g = grids.grid_image(maps, mode=mode, cmap=cmap, fixed=fixed, sort=sort, page=page, per_page=per_page,
+                         tile_px=tile_px, base=base, alpha=alpha, selected=selected, summary=summary)
+    lo, hi = grid_scales(summary, settings)
+    bar_cmap, bar_lo, bar_hi, low_text, high_text = bar_args(settings, lo, hi)
+    bar = grids.colorbar(bar_cmap, bar_lo, bar_hi, low_text=low_text, high_text=high_text)
+    head = np.full((18, max(g.pixels.shape[1], bar.shape[1] + 4), 3), 255, np.uint8)
+    grids.draw_text(head, 4, 4, title, 12, (40, 40, 40))
+    return grids.to_png(grids.stack([head, np.pad(bar, ((0, 0), (4, 0), (0, 0)), constant_values=255), g.pixels],
+                                    gap=4))
 
 
-@st.cache_data(show_spinner=False, max_entries=128)
-def channel_view_png(run_path: str, ckpt: tuple, image_key: str, layer: str, channel: int, scale: tuple,
-                     _map: np.ndarray, _base: np.ndarray | None = None) -> bytes:
-    """The large view of one channel as PNG bytes; ``scale`` = (lo, hi, cmap, size, alpha)."""
+@memo(32)
+def image_uri(key: str, _pixels: np.ndarray) -> str:
+    """uint8 (H, W, C) image as a PNG ``data:`` URI (``key`` identifies the pixels): the grid's overlay."""
+    from core import grids
+
+    return grids.data_uri(_encode_png(_pixels))
+
+
+@memo(256)
+def colorbar_html(cmap: str, lo: float | None, hi: float | None, low_text: str | None = None,
+                  high_text: str | None = None, caption: str = "") -> str:
+    """A colour bar (see ``core.grids.colorbar_html``)."""
+    from core import grids
+
+    return grids.colorbar_html(cmap, lo, hi, caption=caption, low_text=low_text, high_text=high_text)
+
+
+@memo(128)
+def channel_view_html(run_path: str, ckpt: tuple, image_key: str, layer: str, channel: int, scale: tuple,
+                      _map: np.ndarray, _base: np.ndarray | None = None) -> str:
+    """The large view of one channel as HTML; ``scale`` = (lo, hi, cmap, size, alpha)."""
     drawn = _read_ahead().drawn(("view", run_path, ckpt, image_key, layer, channel, scale))
-    return drawn if drawn is not None else _draw_view(_map, scale, _base)
+    return drawn if drawn is not None else _draw_view(_map, scale, image_key, _base)
 
 
-def _draw_view(m: np.ndarray, scale: tuple, base: np.ndarray | None) -> bytes:
+def _draw_view(m: np.ndarray, scale: tuple, image_key: str, base: np.ndarray | None) -> str:
     from core import grids
 
     lo, hi, cmap, size, alpha = scale
-    return grids.to_png(grids.channel_view(m, lo, hi, cmap, size, base, alpha))
+    uri = image_uri(image_key, base) if base is not None and alpha > 0 else None
+    return grids.channel_view_html(m, lo, hi, cmap, size, uri, alpha)
 
 
 @dataclass(frozen=True)
@@ -499,7 +585,7 @@ class GridView:
     """What the channel grid page shows of a layer, independent of the checkpoint (to draw one ahead)."""
 
     layer: str
-    settings: tuple  # grid_png's settings: (mode, cmap, fixed, sort, page, per_page, tile_px, alpha, selected)
+    settings: tuple  # grid_html's settings: (mode, cmap, fixed, sort, page, per_page, tile_px, alpha, selected)
     channel: int  # the single-channel view
     view_px: int
 
@@ -513,7 +599,7 @@ def grid_scales(summary: dict, settings: tuple) -> tuple[np.ndarray, np.ndarray]
 
 
 def bar_args(settings: tuple, lo: np.ndarray, hi: np.ndarray) -> tuple:
-    """``colorbar_png`` arguments of the grid's colour bar."""
+    """``colorbar_html`` arguments of the grid's colour bar (without the caption)."""
     from core import grids
 
     mode, cmap = settings[:2]
@@ -524,20 +610,18 @@ def bar_args(settings: tuple, lo: np.ndarray, hi: np.ndarray) -> tuple:
 
 
 def _draw_ahead(acts: dict[str, np.ndarray], view: GridView, run_path: str, ckpt: tuple, image_key: str,
-                image: np.ndarray) -> dict[tuple, bytes]:
-    """The grid page's PNGs of ``view`` at ``ckpt``, keyed like grid_png / channel_view_png / colorbar_png."""
+                image: np.ndarray) -> dict[tuple, str]:
+    """The grid page's grid and channel view of ``view`` at ``ckpt``, keyed like grid_html / channel_view_html."""
     from core import grids
 
     maps = grids.channel_maps(acts[view.layer])
     summary = grids.channel_summary(maps)
     lo, hi = grid_scales(summary, view.settings)
     cmap, alpha = view.settings[1], view.settings[7]
-    bar = bar_args(view.settings, lo, hi)
-    out = {("grid", run_path, ckpt, image_key, view.layer, view.settings): _draw_grid(maps, view.settings, image,
-                                                                                       summary),
-           ("bar", *bar): _draw_bar(*bar)}
+    out = {("grid", run_path, ckpt, image_key, view.layer, view.settings): _draw_grid(maps, view.settings, image_key,
+                                                                                       image, summary)}
     if 0 <= view.channel < len(maps):
         scale = (float(lo[view.channel]), float(hi[view.channel]), cmap, view.view_px, alpha)
         out[("view", run_path, ckpt, image_key, view.layer, view.channel, scale)] = _draw_view(
-            maps[view.channel], scale, image)
+            maps[view.channel], scale, image_key, image)
     return out

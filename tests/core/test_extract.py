@@ -142,6 +142,26 @@ def test_weights_from_mapping_reports_missing_and_mismatched(net: keras.Model, e
     assert "block2_conv1/kernel" in str(err.value) and "dense1/bias" in str(err.value)
 
 
+def test_run_used_reads_and_binds_only_the_taps_weights(net: keras.Model, probes: np.ndarray) -> None:
+    ex = Extractor(net, ["block1_conv1", "block1_se_expand"])  # a real tap and a virtual (logits) one
+    ckpt = random_checkpoint(net, 9)
+    full = ex.run(ex.weights_from_mapping(ckpt), probes[:3])
+    assert {"stem_conv/kernel", "block1_conv1/kernel", "block1_se_expand/kernel"} <= ex.used_paths
+    assert not any(p.startswith(("block2", "dense1", "classifier")) for p in ex.used_paths)
+    used = {k: v for k, v in ckpt.items() if k in ex.used_paths}  # nothing else is needed
+    got = ex.run_used(used, probes[:3])
+    for name in ex.taps:
+        np.testing.assert_allclose(got[name], full[name], rtol=1e-6, atol=1e-6, err_msg=name)
+    ex.run_used(used, probes[:1])  # another batch size: no retrace
+    inputs = ex._used_fn.get_concrete_function().structured_input_signature[0][0]
+    assert len(inputs) == len(ex.used_paths) < len(net.variables)
+    del used["block1_conv1/kernel"]
+    used["stem_conv/kernel"] = np.zeros((1, 1), np.float32)
+    with pytest.raises(ValueError) as err:
+        ex.run_used(used, probes[:1])
+    assert "block1_conv1/kernel" in str(err.value) and "stem_conv/kernel: expected" in str(err.value)
+
+
 def test_weights_from_another_instance_and_wrong_input(net: keras.Model, extractor: Extractor,
                                                        probes: np.ndarray) -> None:
     twin = build_seed_net(ArchConfig(input_size=SIZE, dropout=0.1), seed=5)

@@ -221,11 +221,97 @@ def test_fixed_range_and_png_roundtrip():
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(G.to_png(rgba)))), rgba)
 
 
-def test_colorbar_and_channel_view_shapes():
+def test_colorbar_and_stack():
     bar = G.colorbar("magma", -1.0, 2.0, width=100)
     assert bar.shape == (28, 100, 3)
-    v = G.channel_view(np.arange(4, dtype=np.float32).reshape(2, 2), 0.0, 3.0, "gray", size=8)
-    assert v.shape == (8, 8, 3) and v[0, 0].tolist() == [0, 0, 0] and v[-1, -1].tolist() == [255, 255, 255]
+    a, b = np.zeros((2, 3, 3), np.uint8), np.full((1, 5, 3), 7, np.uint8)
+    s = G.stack([a, b], gap=2)
+    assert s.shape == (5, 5, 3) and (s[:2, :3] == 0).all() and (s[:2, 3:] == 255).all()
+    assert (s[2:4] == 255).all() and (s[4] == 7).all()
+
+
+def _sprite(doc: str) -> np.ndarray:
+    """The tiles' PNG of a ``tiles_html`` document, decoded: uint8 (n * H, W, 3)."""
+    import base64
+    import io
+    import re
+
+    from PIL import Image
+
+    uri = re.search(r"url\(data:image/png;base64,([^)]+)\)", doc).group(1)
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(uri))))
+
+
+def _cells(doc: str) -> list[str]:
+    return doc.split('<div class="c"')[1:]
+
+
+def test_tiles_html_sends_native_tiles_once_and_positions_each():
+    tiles = np.random.default_rng(0).integers(0, 256, (5, 3, 4, 3), dtype=np.uint8)
+    doc = G.tiles_html(tiles, 7, labels=[f"#{i}\nx" for i in range(5)], marks=[None, "zero", None, "nonfinite", None],
+                       titles=[f"t{i}" for i in range(5)])
+    assert_array_equal(_sprite(doc), tiles.reshape(15, 4, 3))  # exact pixels, one image
+    assert doc.count("data:image/png") == 1
+    assert "width:28px;height:21px" in doc and "0 0/28px 105px" in doc  # 4x3 tiles enlarged 7x, sprite scaled alike
+    assert "image-rendering:pixelated" in doc
+    cells = _cells(doc)
+    assert len(cells) == 5
+    for i, c in enumerate(cells):
+        assert f"background-position:0 -{i * 21}px" in c and f'title="t{i}"' in c and f">#{i}\nx</div>" in c
+    assert '<i class="m-zero">' in cells[1] and '<i class="m-nonfinite">' in cells[3] and "<i" not in cells[0]
+    assert 'class="l bad"' in cells[3] and 'class="l"' in cells[0]  # a NaN tile's label is red
+    assert 'class="b"' not in doc  # no overlay
+    over = G.tiles_html(tiles, 7, base_uri="data:image/png;base64,AAAA", alpha=0.3)
+    assert over.count('<i class="b"></i>') == 5 and "opacity:0.3" in over
+    # the class names the content: another image, another class (how the browser test sees a new grid)
+    cls = lambda d: d.split('<div class="ade-tiles ')[1].split('"')[0]  # noqa: E731
+    assert cls(doc) == cls(G.tiles_html(tiles, 7, labels=[f"#{i}\nx" for i in range(5)]))
+    assert cls(doc) != cls(G.tiles_html(tiles[::-1].copy(), 7)) and cls(doc) != cls(G.tiles_html(tiles, 6))
+
+
+def test_grid_html_shows_the_grid_image_tiles():
+    m = maps3()
+    g = G.grid_html(m, mode="layer", cmap="viridis", tile_px=8, selected=0)
+    assert g.channels == (0, 1, 2) and g.tile == (8, 8)
+    ref = G.grid_image(m, mode="layer", cmap="viridis", tile_px=2, labels=False)  # k = 1: native tiles
+    sprite = _sprite(g.html)
+    for i in range(3):
+        y, x = G.tile_origin(i, ref.cols, (2, 2), 4)
+        if i != 1 and i != 2:  # the zero and NaN tiles carry a border in the raster image
+            assert_array_equal(sprite[2 * i:2 * i + 2], ref.pixels[y:y + 2, x:x + 2])
+    assert_array_equal(sprite[5, 0], G.NONFINITE_RGB)  # channel 2's NaN pixel (row 1, col 0) is magenta
+    cells = _cells(g.html)
+    assert ">#0\n0 / 3</div>" in cells[0] and '<i class="m-selected">' in cells[0]
+    assert ">#1  all 0\n0 / 0</div>" in cells[1] and '<i class="m-zero">' in cells[1]
+    assert ">#2  NaN/Inf\n-2 / 4</div>" in cells[2] and '<i class="m-nonfinite">' in cells[2]
+    assert 'title="channel 2: min -2, max 4, mean 1.33, std 2.49, 1 NaN/Inf values"' in cells[2]
+    assert "all zero" in cells[1]
+    by_std = G.grid_html(m, sort="std", per_page=2, page=0)
+    assert by_std.channels == (2, 0)  # std 2.49, 1.12, 0
+    assert G.grid_html(m, sort="std", per_page=2, page=1).channels == (1,)
+    assert G.grid_html(m, base_uri="data:image/png;base64,AAAA", alpha=0.5).html.count('<i class="b"></i>') == 3
+    assert 'class="b"' not in G.grid_html(m, base_uri="data:image/png;base64,AAAA", alpha=0.0).html
+
+
+def test_channel_view_html_and_colorbar_html():
+    v = G.channel_view_html(np.arange(4, dtype=np.float32).reshape(2, 2), 0.0, 3.0, "gray", size=8)
+    assert_array_equal(_sprite(v)[..., 0], [[0, 85], [170, 255]])
+    assert "width:8px;height:8px" in v and 'class="ade-view ' in v
+    bar = G.colorbar_html("viridis", -1.0, 2.5, caption="per layer")
+    assert "rgb(68,1,84) 0%" in bar and "rgb(253,231,37) 100%" in bar and "rgb(33,145,140) 50%" in bar
+    assert "<span>-1</span>" in bar and "<span>2.5</span>" in bar and ">per layer</div>" in bar
+    div = G.colorbar_html("coolwarm", -2.0, 2.0)
+    assert "<span>0</span>" in div and "rgb(221,221,221) 50%" in div  # white at exactly zero
+    ch = G.colorbar_html("viridis", None, None, low_text="channel min", high_text="channel max")
+    assert "<span>channel min</span>" in ch and "<span>0</span>" not in ch
+    with pytest.raises(ValueError, match="unknown colormap"):
+        G.colorbar_html("jet", 0.0, 1.0)
+    # the gradient's stops are the lookup table's colours at their places (CSS interpolates linearly between
+    # stops, as colormap does; the nearest of the 256 entries is within 1 of the stop)
+    lut = G.colormap("magma").astype(int)
+    anchors = G._ANCHORS["magma"]
+    for i, c in enumerate(anchors):
+        assert np.abs(lut[round(255 * i / (len(anchors) - 1))] - c).max() <= 1
 
 
 def test_fmt_is_compact():

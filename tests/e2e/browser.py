@@ -27,15 +27,22 @@ def idle(page, timeout: float = 180_000, settle_ms: int = 300) -> None:
     page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=timeout)
 
 
+#: The channel grid (HTML, see ``core.grids.tiles_html``) once drawn.
+GRID = '[data-testid="stMain"] .ade-grid'
+
+
 def grid_src(page) -> str:
-    """src of the channel grid image (the largest image in the main area)."""
-    imgs = page.locator('[data-testid="stMain"] [data-testid="stImage"] img')
-    best, area = "", -1
-    for i in range(imgs.count()):
-        box = imgs.nth(i).bounding_box() or {"width": 0, "height": 0}
-        if box["width"] * box["height"] > area:
-            best, area = imgs.nth(i).get_attribute("src") or "", box["width"] * box["height"]
-    return best
+    """Identity of the channel grid shown: its class, which names its tiles' content ("" before it is drawn)."""
+    grid = page.locator(GRID)
+    return (grid.first.get_attribute("class") or "") if grid.count() else ""
+
+
+def grid_is_painted(page) -> bool:
+    """The grid's first tile has a size, its inline PNG as background and no smoothing (pixelated)."""
+    return bool(page.locator(GRID).first.evaluate(
+        "g => { const t = g.querySelector('.t'); if (!t) return false; const s = getComputedStyle(t);"
+        " return t.getBoundingClientRect().width > 0 && s.imageRendering === 'pixelated'"
+        " && s.backgroundImage.startsWith('url(\"data:image/png'); }"))
 
 
 def start_app(launcher: list[str], root: Path, log: Path, env: dict[str, str]) -> tuple[subprocess.Popen, str]:

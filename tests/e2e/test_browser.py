@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.browser import CHROME_ARGS, CHROMIUM, STREAMLIT_RUN, grid_src, idle, start_app, stop_app
+from tests.e2e.browser import CHROME_ARGS, CHROMIUM, STREAMLIT_RUN, GRID, grid_is_painted, grid_src, idle, start_app, stop_app
 
 pytestmark = pytest.mark.browser
 
@@ -82,7 +82,7 @@ def test_browser_end_to_end(server):
             page.goto(f"{url}/grid?run={run}")
             page.wait_for_selector("h1", timeout=120_000)
             t_content = time.perf_counter() - t0
-            page.wait_for_selector('[data-testid="stMain"] [data-testid="stImage"] img', timeout=120_000)
+            page.wait_for_selector(GRID, timeout=120_000)
             t_grid, t_run = time.perf_counter() - t0, time.monotonic() - t_start
             idle(page)
             print(f"\nfirst render on a fresh server: page content {t_content:.1f} s, channel grid image {t_grid:.1f} s "
@@ -90,6 +90,7 @@ def test_browser_end_to_end(server):
                   "server imports TensorFlow while the browser loads the page)")
             _no_exception(page, "grid")
             assert t_grid <= 60, f"first render took {t_grid:.1f} s"
+            assert grid_is_painted(page), "the grid's tiles are not drawn from their inline image"
 
             # scrub with the keyboard: focus the slider thumb (role slider: a hidden range input in
             # Streamlit 1.67, no aria-valuenow), ArrowLeft, and the grid image changes
@@ -127,6 +128,10 @@ def test_browser_end_to_end(server):
                 assert grid_src(page) != after
                 page.get_by_text("Probe set", exact=True).click()
                 idle(page)
+            with page.expect_download(timeout=30_000) as dl:  # the grid shown, as one PNG with its labels
+                page.get_by_role("button", name="Download the grid (PNG)").first.click()
+            png = Path(dl.value.path()).read_bytes()
+            assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000, "the grid download is not a PNG"
             _shot(page, "grid", readme)
 
             # every page through the sidebar navigation

@@ -44,6 +44,11 @@ def texts(at: AppTest, kind: str) -> str:
     return "\n".join(str(e.value) for e in getattr(at, kind))
 
 
+def grid_html(at: AppTest, kind: str = "ade-grid") -> str:
+    """The HTML of the channel grid (``kind="ade-view"``: the one-channel view) on the page, "" if none."""
+    return next((h.proto.body for h in at.get("html") if f'class="{kind} ' in h.proto.body), "")
+
+
 def png_bytes(size: tuple[int, int] = (40, 30), seed: int = 0) -> bytes:
     rng = np.random.default_rng(seed)
     buf = io.BytesIO()

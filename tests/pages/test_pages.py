@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.pages.conftest import PAGES, open_app, png_bytes, run_ok, texts
+from tests.pages.conftest import PAGES, grid_html, open_app, png_bytes, run_ok, texts
 
 
 def _select_run(at, name: str):
@@ -25,7 +25,8 @@ def test_every_page_on_every_tiny_run(app_env):
                 assert "no squeeze-and-excitation" in texts(at, "info")
                 assert not at.get("vega_lite_chart")
             if page == "grid":
-                assert len(at.get("image")) >= 3  # sidebar thumbnail, colour bar, grid (+ large view)
+                assert grid_html(at).count('class="c"') == 8 and grid_html(at, "ade-view"), run  # stem_conv
+                assert at.get("image")  # the probe image's thumbnail in the sidebar
 
 
 def test_grid_controls(app_env):
@@ -41,14 +42,19 @@ def test_grid_controls(app_env):
     at.slider(key="w_grid_alpha").set_value(0.5)
     run_ok(at)
     assert "block2_add" in texts(at, "markdown") and "12 channels" in texts(at, "markdown")
-    assert any("fixed" in (c.value or "") for c in at.caption) or True
+    g = grid_html(at)
+    assert g.count('class="c"') == 12 and g.count('<i class="b">') == 12  # the overlay under every tile
+    assert "fixed (all checkpoints): " in "".join(h.proto.body for h in at.get("html"))  # colour bar caption
+    assert "rgb(59,76,192) 0%" in "".join(h.proto.body for h in at.get("html"))  # coolwarm's first colour
     # the trajectory is available now (the fixed scale swept the image); pick a channel
     at.number_input(key="w_grid_channel").set_value(3)
     run_ok(at)
     assert len(at.get("vega_lite_chart")) == 1
+    assert grid_html(at).count('<i class="m-selected">') == 1  # the channel viewed has an orange border
     at.selectbox(key="w_grid_per_page").set_value(16)
     at.selectbox(key="w_grid_tile").set_value("large")
     run_ok(at)
+    assert at.get("download_button")[0].label == "Download the grid (PNG)"
 
 
 def test_grid_trajectory_on_demand(app_env):
@@ -66,11 +72,12 @@ def test_grid_marks_nan_channels(app_env):
     assert at.selectbox(key="w_run").value == "tiny-nan"
     assert "NaN or Inf" in texts(at, "error")
     assert "NaN/Inf" in texts(at, "markdown")
+    assert '<i class="m-nonfinite">' in grid_html(at) and "NaN/Inf values" in grid_html(at)  # red border, hover text
     at.selectbox(key="w_grid_scale").set_value("fixed")
     run_ok(at)
     at.select_slider(key="w_ckpt").set_value(1)  # before the NaN: clean
     run_ok(at)
-    assert "NaN or Inf" not in texts(at, "error")
+    assert "NaN or Inf" not in texts(at, "error") and '<i class="m-nonfinite">' not in grid_html(at)
 
 
 def test_query_params_round_trip(app_env):
@@ -217,11 +224,11 @@ def test_trust_opt_in(trust_root, monkeypatch):
     monkeypatch.chdir(REPO)
     at = open_app("grid")
     assert "Lambda" in texts(at, "warning")
-    assert not at.get("image") or len(at.get("image")) <= 1  # no grid yet
+    assert not grid_html(at)  # no grid yet
     at.checkbox(key="w_trust:lambda-run").check()
     run_ok(at)
     assert "conv" in texts(at, "markdown")
-    assert len(at.get("image")) >= 3
+    assert grid_html(at)
 
 
 def test_findings_panel_and_show_button(app_env):
@@ -240,8 +247,8 @@ def test_findings_panel_and_show_button(app_env):
 def _clear_image_caches():
     from ui import cache
 
-    for fn in (cache.image_activations, cache.image_layer, cache.layer_maps, cache.grid_png, cache.channel_view_png,
-               cache.colorbar_png, cache._read_ahead):
+    for fn in (cache.image_activations, cache.image_layer, cache.layer_maps, cache.grid_html, cache.channel_view_html,
+               cache.colorbar_html, cache._read_ahead):
         fn.clear()
 
 
@@ -279,7 +286,8 @@ def test_next_checkpoint_is_read_and_drawn_ahead(app_env, monkeypatch):
     assert "mini-epoch **2**" in texts(at, "markdown")
     assert not [me for me, t in calls if me == 2]  # not extracted again
     assert not [t for t in draws if not t.startswith("ade-read-ahead")]  # the grid was not drawn again
-    assert not cache._read_ahead().pngs  # grid, colour bar and channel view were all used
+    # grid and channel view of mini-epoch 2 were both used (those of 3 may be drawn ahead by now)
+    assert not [k for k in cache._read_ahead().drawings if k[2][0] == 2]
     _clear_image_caches()
 
 
@@ -303,8 +311,8 @@ def test_read_ahead_failures_and_limits():
     assert ra.submit(("a",), lambda: {"a": 1}) and ra.submit(("b",), lambda: {"b": 2})  # "slow" dropped from the list
     gate.set()
     assert ra.take(("slow",)) is None and ra.take(("b",)) == {"b": 2}
-    ra.keep_drawings({("k", i): b"png" for i in range(10)})
-    assert len(ra.pngs) == 8 and ra.drawn(("k", 9)) == b"png" and ra.drawn(("k", 9)) is None
+    ra.keep_drawings({("k", i): "<div>" for i in range(10)})
+    assert len(ra.drawings) == 8 and ra.drawn(("k", 9)) == "<div>" and ra.drawn(("k", 9)) is None
     assert ra.drawn(("k", 0)) is None  # the oldest were dropped
     assert ra.known(("b",)) and not ra.known(("c",))  # taken lately / never asked
     gate2, calls = __import__("threading").Event(), []
