@@ -458,11 +458,14 @@ class Extractor:
         if weights.paths != self._paths:
             raise ValueError("WeightValues were made for a different architecture; use this extractor's "
                              "weights_from_model / weights_from_mapping")
+        return list(weights.trainable), list(weights.non_trainable), self._input_batch(x)
+
+    def _input_batch(self, x: np.ndarray) -> tf.Tensor:
         x = np.asarray(x, dtype=self._x_spec.dtype.as_numpy_dtype)
         expected = tuple(self._x_spec.shape[1:])
         if x.ndim != len(expected) + 1 or any(e is not None and e != s for e, s in zip(expected, x.shape[1:])):
             raise ValueError(f"input batch must have shape (N, {', '.join(map(str, expected))}), got {x.shape}")
-        return list(weights.trainable), list(weights.non_trainable), tf.convert_to_tensor(x)
+        return tf.convert_to_tensor(x)
 
     def _call(self, fn: Any, weights: WeightValues, x: np.ndarray) -> dict[str, np.ndarray]:
         outs = fn(*self._prepare(weights, x))
@@ -492,8 +495,7 @@ class Extractor:
 
                 self._used_fn = tf.function(body, input_signature=[spec, self._x_spec], autograph=False)
                 self._used_fn.get_concrete_function()
-        _, _, xt = self._prepare(WeightValues((), (), self._paths), x)
-        outs = self._used_fn(self._values(mapping, self._used), xt)
+        outs = self._used_fn(self._values(mapping, self._used), self._input_batch(x))
         return {name: o.numpy() for name, o in zip(self.taps, outs)}
 
     def run_training_mode(self, weights: WeightValues, x: np.ndarray) -> dict[str, np.ndarray]:

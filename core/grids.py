@@ -439,7 +439,9 @@ def tiles_html(tiles: np.ndarray, k: int, *, labels: Sequence[str] | None = None
     n, h, w, _ = tiles.shape
     th, tw = h * k, w * k
     sprite = to_png(np.reshape(tiles, (n * h, w, 3)))
-    cls = f"ade-t{zlib.crc32(sprite, zlib.crc32(repr((th, tw, alpha, base_uri is None)).encode())):08x}"
+    overlay = base_uri is not None and alpha > 0
+    # the class names the content: styles of two elements on one page never mix, and a new grid is a new class
+    cls = f"ade-t{zlib.crc32(sprite, zlib.crc32(repr((th, tw, alpha, base_uri if overlay else None)).encode())):08x}"
     lab_w = max((len(line) for lab in labels or () for line in lab.split("\n")), default=0)
     cell_w = max(tw, math.ceil(lab_w * LABEL_CHAR_PX) + 2)
     css = [f".{cls}{{display:flex;flex-wrap:wrap;gap:6px 4px;font:{LABEL_FONT};color:rgb(40,40,40)}}",
@@ -450,9 +452,9 @@ def tiles_html(tiles: np.ndarray, k: int, *, labels: Sequence[str] | None = None
            f".{cls} .l{{white-space:pre;overflow:hidden;margin-top:1px}}",
            f".{cls} .bad{{color:{_rgb(MARK_RGB['nonfinite'])}}}"]
     css += [f".{cls} .m-{name}{{box-shadow:inset 0 0 0 2px {_rgb(col)}}}" for name, col in MARK_RGB.items()]
-    if base_uri is not None and alpha > 0:
-        css.append(f".{cls} .b{{background:url({base_uri}) 0 0/100% 100%;opacity:{alpha:g}}}")
-    over = '<i class="b"></i>' if base_uri is not None and alpha > 0 else ""
+    if overlay:
+        css.append(f".{cls} .b{{background:var(--ade-base) 0 0/100% 100%;opacity:{alpha:g}}}")
+    over = '<i class="b"></i>' if overlay else ""
     cells = []
     for i in range(n):
         mark = marks[i] if marks is not None else None
@@ -464,10 +466,10 @@ def tiles_html(tiles: np.ndarray, k: int, *, labels: Sequence[str] | None = None
             lab = f'<div class="l{bad}">{html.escape(labels[i])}</div>'
         cells.append(f'<div class="c"{title}><div class="t" style="background-position:0 -{i * th}px">{inner}'
                      f'</div>{lab}</div>')
-    # the image goes in an attribute, not in <style>: Streamlit scans <style> blocks character by
-    # character (a regex), ~7 ms per MB of image
-    return (f'<style>{"".join(css)}</style><div class="{kind} {cls}" style="--ade-sprite:url({data_uri(sprite)})">'
-            f'{"".join(cells)}</div>')
+    # the images go in an attribute, not in <style>: Streamlit scans <style> blocks character by
+    # character (a regex), ~7 ms per MB
+    images = f"--ade-sprite:url({data_uri(sprite)})" + (f";--ade-base:url({base_uri})" if overlay else "")
+    return f'<style>{"".join(css)}</style><div class="{kind} {cls}" style="{images}">{"".join(cells)}</div>'
 
 
 def tile_title(channel: int, summary: dict[str, np.ndarray]) -> str:

@@ -501,11 +501,12 @@ def chart_spec(name: str, deps: tuple, _build: Callable[[], Any]) -> dict:
     return chart.to_dict(validate=False)
 
 
-@memo(128)
+@memo(64)  # a grid of 64 tiles of 112x112 is 1.6 MB of HTML
 def grid_html(run_path: str, ckpt: tuple, image_key: str, layer: str, settings: tuple,
               _maps: np.ndarray, _base: np.ndarray | None = None, _summary: dict | None = None) -> str:
-    """The channel grid as HTML (``core.grids.grid_html``); ``settings`` = (mode, cmap, fixed, sort, page, per_page, tile_px, alpha, selected).
+    """The channel grid as HTML (``core.grids.grid_html``).
 
+    ``settings`` = (mode, cmap, fixed, sort, page, per_page, tile_px, alpha, selected).
     ``_maps`` (C, H, W) and ``_base`` (the probe image) are what (run_path, ckpt, image_key, layer)
     identify, so revisiting a checkpoint or re-running the page costs no drawing.
     """
