@@ -1,4 +1,4 @@
-"""Channel grid images: one tile per channel of a layer, composed into one uint8 RGB image (numpy -> PIL)."""
+"""Channel grids: one tile per channel of a layer, as HTML of native-size tiles or one labelled uint8 RGB image."""
 from __future__ import annotations
 
 import base64

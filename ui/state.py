@@ -272,8 +272,11 @@ def select_checkpoint(run: Run, ckpts: list[Checkpoint], box: Any = None, tick: 
     return ckpt
 
 
-def current_checkpoint(ckpts: list[Checkpoint], box: Any) -> Checkpoint | None:
-    """The scrubber's checkpoint: the link's ``ckpt`` on a first load, else the kept one, else the last; in the URL."""
+def current_checkpoint(ckpts: list[Checkpoint], box: Any, url: bool = True) -> Checkpoint | None:
+    """The scrubber's checkpoint: the link's ``ckpt`` on a first load, else the kept one, else the last.
+
+    ``url``: also put it in the URL now (else the caller does, see ``scrub_widgets``).
+    """
     if not ckpts:
         box.info("This run has no checkpoint yet.")
         return None
@@ -293,7 +296,8 @@ def current_checkpoint(ckpts: list[Checkpoint], box: Any) -> Checkpoint | None:
     if cur not in options:
         cur = options[-1]
     _seed("ckpt", cur)
-    _set_query("ckpt", cur)
+    if url:
+        _set_query("ckpt", cur)
     return ckpts[options.index(cur)]
 
 
@@ -537,14 +541,15 @@ def scrub(sel: Selection) -> Checkpoint | None:
     """
     if _play_state() != sel.play_state:
         st.rerun(scope="app")
-    sel.ckpt = current_checkpoint(sel.ckpts, sel.scrub_box)
+    sel.ckpt = current_checkpoint(sel.ckpts, sel.scrub_box, url=False)
     return sel.ckpt
 
 
 def scrub_widgets(sel: Selection) -> None:
-    """The scrubber's widgets of a ``scrub`` page, in its place in the sidebar."""
+    """The scrubber's widgets of a ``scrub`` page, in its place in the sidebar, and the checkpoint in the URL."""
     if sel.ckpt is not None:
         scrubber(sel.ckpts, sel.scrub_box, tick=False)
+        _set_query("ckpt", sel.ckpt.mini_epoch)  # last: a URL change makes the browser work
 
 
 #: Durations in seconds of ``timed_fragment`` bodies by name, recorded when not None (bench/bench_pages.py).

@@ -85,7 +85,7 @@ def test_browser_end_to_end(server):
             page.wait_for_selector(GRID, timeout=120_000)
             t_grid, t_run = time.perf_counter() - t0, time.monotonic() - t_start
             idle(page)
-            print(f"\nfirst render on a fresh server: page content {t_content:.1f} s, channel grid image {t_grid:.1f} s "
+            print(f"\nfirst render on a fresh server: page content {t_content:.1f} s, channel grid {t_grid:.1f} s "
                   f"after opening the page; {t_run:.1f} s after `streamlit run` started (the "
                   "server imports TensorFlow while the browser loads the page)")
             _no_exception(page, "grid")
@@ -93,7 +93,7 @@ def test_browser_end_to_end(server):
             assert grid_is_painted(page), "the grid's tiles are not drawn from their inline image"
 
             # scrub with the keyboard: focus the slider thumb (role slider: a hidden range input in
-            # Streamlit 1.67, no aria-valuenow), ArrowLeft, and the grid image changes
+            # Streamlit 1.67, no aria-valuenow), ArrowLeft, and the grid changes
             before = grid_src(page)
             thumb = page.locator('[data-testid="stSidebar"]').get_by_role("slider").first
             thumb.focus()
