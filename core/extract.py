@@ -280,13 +280,14 @@ class Extractor:
         self._input = _single_input(model)
         self._train_vars = list(model.trainable_variables)
         self._state_vars = list(model.non_trainable_variables)
-        self._paths = tuple(v.path for v in self._train_vars + self._state_vars)
+        self._vars = self._train_vars + self._state_vars  # every variable, in WeightValues order
+        self._paths = tuple(v.path for v in self._vars)
+        self._var_index = {id(v): i for i, v in enumerate(self._vars)}
         self._state_only = _state_only(model)
         self._plan = self._plan_outputs(sources)
         self._submodel = keras.Model(self._input, self._plan["tensors"], name=f"{model.name}_taps")
-        index = {id(v): i for i, v in enumerate(self._train_vars + self._state_vars)}
         sub_vars = self._submodel.trainable_variables + self._submodel.non_trainable_variables
-        self._sub_index = [index[id(v)] for v in sub_vars]
+        self._sub_index = [self._var_index[id(v)] for v in sub_vars]
         used = set(self._sub_index) | {i for _, k, b, _ in self._plan["virtual"].values() for i in (k, b)
                                         if i is not None}
         self._used = sorted(used)
@@ -329,8 +330,7 @@ class Extractor:
 
         real: dict[str, int] = {}
         virtual: dict[str, tuple[int, int, int | None, tuple[int, ...]]] = {}
-        all_vars = self._train_vars + self._state_vars
-        var_index = {id(v): i for i, v in enumerate(all_vars)}
+        var_index = self._var_index
         for name in self.taps:
             src = sources[name]
             if isinstance(src, _VirtualLogits):
@@ -425,10 +425,9 @@ class Extractor:
 
     def _values(self, mapping: Mapping[str, Any], indices: Iterable[int]) -> list[tf.Tensor]:
         """Tensors of the variables at ``indices`` from ``mapping``; ValueError naming every missing or misfit one."""
-        all_vars = self._train_vars + self._state_vars
         missing, mismatched, values = [], [], []
         for i in indices:
-            v = all_vars[i]
+            v = self._vars[i]
             if v.path not in mapping:
                 if id(v) in self._state_only:
                     values.append(tf.convert_to_tensor(v.numpy()))
@@ -484,11 +483,10 @@ class Extractor:
         """
         with self._lock:
             if self._used_fn is None:
-                all_vars = self._train_vars + self._state_vars
-                spec = [tf.TensorSpec(all_vars[i].shape, all_vars[i].dtype) for i in self._used]
+                spec = [tf.TensorSpec(self._vars[i].shape, self._vars[i].dtype) for i in self._used]
 
                 def body(used: list[tf.Tensor], x: tf.Tensor) -> list[tf.Tensor]:
-                    values: list[tf.Tensor | None] = [None] * len(all_vars)
+                    values: list[tf.Tensor | None] = [None] * len(self._vars)
                     for i, t in zip(self._used, used):
                         values[i] = t
                     return self._forward_values(values, x, training=False)

@@ -511,17 +511,16 @@ def grid_html(run_path: str, ckpt: tuple, image_key: str, layer: str, settings: 
     identify, so revisiting a checkpoint or re-running the page costs no drawing.
     """
     drawn = _read_ahead().drawn(("grid", run_path, ckpt, image_key, layer, settings))
-    return drawn if drawn is not None else _draw_grid(_maps, settings, image_key, _base, _summary)
+    return drawn if drawn is not None else _draw_grid(_maps, settings, _base, _summary)
 
 
-def _draw_grid(maps: np.ndarray, settings: tuple, image_key: str, base: np.ndarray | None,
-               summary: dict | None = None) -> str:
+def _draw_grid(maps: np.ndarray, settings: tuple, base: np.ndarray | None, summary: dict | None = None) -> str:
     from core import grids
 
     mode, cmap, fixed, sort, page, per_page, tile_px, alpha, selected = settings
-    uri = image_uri(image_key, base) if base is not None and alpha > 0 else None
     return grids.grid_html(maps, mode=mode, cmap=cmap, fixed=fixed, sort=sort, page=page, per_page=per_page,
-                           tile_px=tile_px, base_uri=uri, alpha=alpha, selected=selected, summary=summary).html
+                           tile_px=tile_px, base_uri=_overlay_uri(base, alpha), alpha=alpha, selected=selected,
+                           summary=summary).html
 
 
 def grid_png(maps: np.ndarray | None = None, settings: tuple = (), base: np.ndarray | None = None,
@@ -550,10 +549,18 @@ def grid_png(maps: np.ndarray | None = None, settings: tuple = (), base: np.ndar
 
 @memo(32)
 def image_uri(key: str, _pixels: np.ndarray) -> str:
-    """uint8 (H, W, C) image as a PNG ``data:`` URI (``key`` identifies the pixels): the grid's overlay."""
+    """uint8 (H, W, C) image as a PNG ``data:`` URI (``key``: a digest of the pixels)."""
     from core import grids
 
     return grids.data_uri(_encode_png(_pixels))
+
+
+def _overlay_uri(base: np.ndarray | None, alpha: float) -> str | None:
+    """The probe image under the tiles as a ``data:`` URI, or None without an overlay.
+
+    Keyed by the pixels' digest: an image key such as ``probe:000`` names different pixels in different runs.
+    """
+    return image_uri(digest(base.tobytes()), base) if base is not None and alpha > 0 else None
 
 
 @memo(256)
@@ -570,15 +577,14 @@ def channel_view_html(run_path: str, ckpt: tuple, image_key: str, layer: str, ch
                       _map: np.ndarray, _base: np.ndarray | None = None) -> str:
     """The large view of one channel as HTML; ``scale`` = (lo, hi, cmap, size, alpha)."""
     drawn = _read_ahead().drawn(("view", run_path, ckpt, image_key, layer, channel, scale))
-    return drawn if drawn is not None else _draw_view(_map, scale, image_key, _base)
+    return drawn if drawn is not None else _draw_view(_map, scale, _base)
 
 
-def _draw_view(m: np.ndarray, scale: tuple, image_key: str, base: np.ndarray | None) -> str:
+def _draw_view(m: np.ndarray, scale: tuple, base: np.ndarray | None) -> str:
     from core import grids
 
     lo, hi, cmap, size, alpha = scale
-    uri = image_uri(image_key, base) if base is not None and alpha > 0 else None
-    return grids.channel_view_html(m, lo, hi, cmap, size, uri, alpha)
+    return grids.channel_view_html(m, lo, hi, cmap, size, _overlay_uri(base, alpha), alpha)
 
 
 @dataclass(frozen=True)
@@ -619,10 +625,10 @@ def _draw_ahead(acts: dict[str, np.ndarray], view: GridView, run_path: str, ckpt
     summary = grids.channel_summary(maps)
     lo, hi = grid_scales(summary, view.settings)
     cmap, alpha = view.settings[1], view.settings[7]
-    out = {("grid", run_path, ckpt, image_key, view.layer, view.settings): _draw_grid(maps, view.settings, image_key,
-                                                                                       image, summary)}
+    out = {("grid", run_path, ckpt, image_key, view.layer, view.settings): _draw_grid(maps, view.settings, image,
+                                                                                       summary)}
     if 0 <= view.channel < len(maps):
         scale = (float(lo[view.channel]), float(hi[view.channel]), cmap, view.view_px, alpha)
         out[("view", run_path, ckpt, image_key, view.layer, view.channel, scale)] = _draw_view(
-            maps[view.channel], scale, image_key, image)
+            maps[view.channel], scale, image)
     return out

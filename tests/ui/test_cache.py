@@ -89,3 +89,18 @@ def test_grid_png_is_the_labelled_grid_under_a_title_and_colour_bar():
     assert (px[:18] < 128).any()  # the title is written
     empty = np.asarray(Image.open(io.BytesIO(grid_png())))
     assert empty.shape[0] == 20 and (empty < 128).any()  # says there is nothing to download
+
+
+def test_overlay_is_the_image_given_not_one_cached_under_the_same_name():
+    """Probe image 0 of two runs has one image key ("probe:000") and different pixels."""
+    import numpy as np
+
+    from core import grids
+    from ui.cache import _draw_grid
+
+    maps = np.zeros((2, 3, 3), np.float32)
+    settings = ("layer", "viridis", None, "index", 0, 64, 9, 0.5, 0)
+    a, b = np.zeros((3, 3, 3), np.uint8), np.full((3, 3, 3), 200, np.uint8)
+    uri = lambda doc: doc.split("--ade-base:url(")[1].split(")")[0]  # noqa: E731
+    assert uri(_draw_grid(maps, settings, a)) == grids.data_uri(grids.to_png(a))
+    assert uri(_draw_grid(maps, settings, b)) == grids.data_uri(grids.to_png(b))
