@@ -27,8 +27,8 @@ def _import_tensorflow() -> None:
 async def _head_start(_app):
     # what the script imports first is imported here, before the thread starts, so the
     # thread and the first script run never import the same modules at the same time
-    import core.engine  # noqa: F401
-    import core.grids  # noqa: F401
+    import core.engine.engine  # noqa: F401
+    import core.render.grids  # noqa: F401
     import ui.state  # noqa: F401
     import ui.widgets  # noqa: F401
 

@@ -61,7 +61,7 @@ def timed_page(folder: Path) -> Path:
 
 def pick_run(arg: str | None, tmp: Path) -> Path:
     """The run to measure: ``arg``, else data/runs/demo-troubled if it has >= 3 checkpoints, else a tiny run."""
-    from core.runs import Run
+    from core.run.runs import Run
 
     if arg:
         return Path(arg).resolve()
@@ -84,7 +84,7 @@ def floor_ms(run_dir: Path, mini_epochs: list[int], image, pause: float = 0.0) -
     ``pause``: seconds of idle before each step, as between a user's scrub steps (an idle CPU
     and cold caches make the same step ~1.5x slower than in a tight loop).
     """
-    from core.runs import Run
+    from core.run.runs import Run
     from ui import cache
 
     run = Run(run_dir)
@@ -104,11 +104,11 @@ def floor_ms(run_dir: Path, mini_epochs: list[int], image, pause: float = 0.0) -
 def drawing_ms(run_dir: Path, mini_epochs: list[int], image, layer: str) -> tuple[float, float]:
     """Median ms to draw the grid of ``layer`` and the channel view at a checkpoint seen for the first time.
 
-    (as the page draws them: HTML with native-size tiles, ``core.grids.grid_html``; the way it drew
+    (as the page draws them: HTML with native-size tiles, ``core.render.grids.grid_html``; the way it drew
     them before: the enlarged grid composed with its labels and encoded as one PNG)
     """
-    from core import grids
-    from core.runs import Run
+    from core.render import grids
+    from core.run.runs import Run
     from ui import cache
 
     run = Run(run_dir)
@@ -147,13 +147,13 @@ def main() -> int:
             import dataclasses
 
             from bench_sweep import make_bench_run
-            from core.models import ArchConfig
+            from core.training.models import ArchConfig
 
             arch = dataclasses.replace(ArchConfig(), input_size=224, widths=(64, 96, 128, 192, 256))
             run_dir = make_bench_run(Path(tmpd), "seed-224", arch, 6, 8)
         else:
             run_dir = pick_run(args.run, Path(tmpd))
-        from core.runs import Run
+        from core.run.runs import Run
 
         run = Run(run_dir)
         mes = [c.mini_epoch for c in run.checkpoints()]
@@ -207,7 +207,7 @@ def main() -> int:
                 time.sleep(0.002)
             at.select_slider(key="w_ckpt").set_value(me)
             ahead.append(timed())
-        from core.engine import run_probe_set
+        from core.engine.engine import run_probe_set
 
         image = run_probe_set(run).images[0]
         fl = floor_ms(run_dir, todo, image)

@@ -24,7 +24,7 @@ KINDS = ("bare", "recorder", "recorder+val")
 
 
 def _timed_recorder_class():
-    from core.recorder import RunRecorder
+    from core.training.recorder import RunRecorder
 
     class TimedRecorder(RunRecorder):
         """Accumulates the seconds spent in the recorder's hooks."""
@@ -61,10 +61,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import keras
 
-    from core import data as data_mod
-    from core.models import ArchConfig, build_seed_net
-    from core.preprocess import PreprocessSpec, apply_preprocessing
-    from core.trainer import TrainConfig, load_data
+    from core.training import data as data_mod
+    from core.training.models import ArchConfig, build_seed_net
+    from core.run.preprocess import PreprocessSpec, apply_preprocessing
+    from core.training.trainer import TrainConfig, load_data
 
     cfg = TrainConfig(arch=ArchConfig(), train_images=args.mini_epochs * args.mini_epoch_images, val_images=500,
                       probe_images=32, batch_size=args.batch_size, mini_epoch_images=args.mini_epoch_images,

@@ -101,7 +101,7 @@ def naive_ms(run_dir: Path, mes: list[int], image, layer: str) -> float:
     """Median ms: weights assigned to the Keras model + predict of a sub-model up to ``layer`` (batch 1)."""
     import keras
 
-    from core.runs import Run
+    from core.run.runs import Run
 
     run = Run(run_dir)
     model = run.load_model()
@@ -139,14 +139,14 @@ def main() -> int:
             import dataclasses
 
             from bench_sweep import make_bench_run
-            from core.models import ArchConfig
+            from core.training.models import ArchConfig
 
             arch = dataclasses.replace(ArchConfig(), input_size=224, widths=(64, 96, 128, 192, 256))
             run_dir = make_bench_run(tmp, "seed-224", arch, 8, 8)
         else:
             run_dir = pick_run(args.run, tmp)
-        from core.engine import RunEngine, run_probe_set
-        from core.runs import Run
+        from core.engine.engine import RunEngine, run_probe_set
+        from core.run.runs import Run
 
         run = Run(run_dir)
         mes = [c.mini_epoch for c in run.checkpoints()]

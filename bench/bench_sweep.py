@@ -3,7 +3,7 @@
     python bench/bench_sweep.py [--quick] [--skip-224] [--skip-memory]
 
 floor  = read the checkpoint's weight arrays + one traced forward pass of the probe batch
-sweep  = core.sweep.sweep (no cache): read + forward + every statistics table written to Parquet
+sweep  = core.analysis.sweep.sweep (no cache): read + forward + every statistics table written to Parquet
          (floor and sweeps are timed in turns, best of 3, so machine noise hits them alike)
          ("stats only": SweepOptions(train_mode=False, gradients=False); "full": also the training-mode
          pass and per-layer gradients)
@@ -31,8 +31,8 @@ import numpy as np  # noqa: E402
 
 def make_bench_run(root: Path, name: str, arch, n_ckpt: int, n_probe: int, seed: int = 0) -> Path:
     """A run with ``n_ckpt + 1`` checkpoints of drifting random weights (timing does not need training)."""
-    from core.models import build_seed_net
-    from core.runs import RunWriter, make_manifest, model_weights
+    from core.training.models import build_seed_net
+    from core.run.runs import RunWriter, make_manifest, model_weights
 
     model = build_seed_net(arch, seed=seed)
     rng = np.random.default_rng(seed)
@@ -57,9 +57,9 @@ def time_floor_and_sweeps(run_dir: Path, repeats: int = 3) -> tuple[float, float
     The three are measured in turns, so machine noise hits each alike; best-of is the
     usual estimate of what the code costs when nothing else interferes.
     """
-    from core.engine import RunEngine
-    from core.runs import Run
-    from core.sweep import SweepOptions, sweep
+    from core.engine.engine import RunEngine
+    from core.run.runs import Run
+    from core.analysis.sweep import SweepOptions, sweep
 
     run = Run(run_dir)
     eng = RunEngine(run)
@@ -94,8 +94,8 @@ def time_naive(run_dir: Path, n: int) -> float:
     """load_model per checkpoint + a sub-model per tapped layer + predict (what a hand-written script does)."""
     import keras
 
-    from core.engine import RunEngine
-    from core.runs import Run, assign_weights
+    from core.engine.engine import RunEngine
+    from core.run.runs import Run, assign_weights
 
     run = Run(run_dir)
     eng = RunEngine(run)
@@ -122,7 +122,7 @@ def time_naive(run_dir: Path, n: int) -> float:
 
 def peak_rss_of_sweep(run_dir: Path) -> float:
     code = ("import resource,sys; sys.path.insert(0, %r)\n"
-            "from core.runs import Run\nfrom core.sweep import sweep, SweepOptions\n"
+            "from core.run.runs import Run\nfrom core.analysis.sweep import sweep, SweepOptions\n"
             "sweep(Run(%r), options=SweepOptions(train_mode=False, gradients=False), use_cache=False)\n"
             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)") % (str(Path(__file__).resolve().parents[1]),
                                                                            str(run_dir))
@@ -147,7 +147,7 @@ def bench_case(root: Path, label: str, arch, n_ckpt: int, n_probe: int, n_naive:
 
 
 def main() -> int:
-    from core.models import ArchConfig
+    from core.training.models import ArchConfig
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer checkpoints")

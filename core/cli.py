@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from core.runs import RunError, runs_root_from_env
+from core.run.runs import RunError, runs_root_from_env
 
 
 class UserError(Exception):
@@ -31,8 +31,8 @@ def _bar(total: int, desc: str, unit: str = "img"):
 
 # -- train ----------------------------------------------------------------------
 def add_train(sub) -> None:
-    from core.models import ArchConfig
-    from core.trainer import TrainConfig
+    from core.training.models import ArchConfig
+    from core.training.trainer import TrainConfig
 
     a, t = ArchConfig(), TrainConfig()
     p = sub.add_parser("train", help="train the built-in network, one checkpoint per mini-epoch")
@@ -71,8 +71,8 @@ def add_train(sub) -> None:
 
 
 def train_config_from_args(args) -> "Any":
-    from core.models import ArchConfig
-    from core.trainer import TrainConfig
+    from core.training.models import ArchConfig
+    from core.training.trainer import TrainConfig
 
     arch = dataclasses.replace(ArchConfig(), input_size=args.input_size, num_classes=args.num_classes,
                                widths=args.widths, convs=args.convs, activation=args.activation,
@@ -87,7 +87,7 @@ def train_config_from_args(args) -> "Any":
 
 
 def cmd_train(args) -> int:
-    from core.trainer import train
+    from core.training.trainer import train
 
     try:
         cfg = train_config_from_args(args)
@@ -95,7 +95,7 @@ def cmd_train(args) -> int:
         raise UserError(str(e)) from None
     run_dir = _run_path(args.name, args.runs_root)
     if args.resume and args.mini_epochs is None:  # continue to the total the run was planned with
-        from core.runs import Run
+        from core.run.runs import Run
 
         try:
             planned = Run(run_dir).manifest.training.get("mini_epochs")
@@ -135,7 +135,7 @@ def add_demo(sub) -> None:
 
 
 def cmd_demo(args) -> int:
-    from core.demo import ensure_demo_runs
+    from core.training.demo import ensure_demo_runs
 
     t0 = time.perf_counter()
     made = ensure_demo_runs(args.runs_root, force=args.force, bar_factory=_bar)
@@ -148,7 +148,7 @@ def cmd_demo(args) -> int:
 
 # -- sweep / export -------------------------------------------------------------
 def _open(args):
-    from core.runs import Run
+    from core.run.runs import Run
 
     run = Run(_run_path(args.run, args.runs_root))
     try:
@@ -159,8 +159,8 @@ def _open(args):
 
 
 def _probe_set(run, paths: list[Path] | None, fit: str):
-    from core.engine import ProbeSet, run_probe_set
-    from core.images import ImageError, load_probe_image
+    from core.engine.engine import ProbeSet, run_probe_set
+    from core.run.images import ImageError, load_probe_image
 
     if not paths:
         return run_probe_set(run)
@@ -178,7 +178,7 @@ def _probe_set(run, paths: list[Path] | None, fit: str):
 
 def run_sweep_cli(args):
     """Sweep with a progress bar; shared by sweep, export and diagnose."""
-    from core.sweep import SweepOptions, sweep
+    from core.analysis.sweep import SweepOptions, sweep
 
     run = _open(args)
     probes = _probe_set(run, getattr(args, "probe", None), getattr(args, "fit", "crop"))
@@ -227,7 +227,7 @@ def cmd_sweep(args) -> int:
 
 
 def add_export(sub) -> None:
-    from core.sweep import TABLES, WEIGHT_TABLES
+    from core.analysis.sweep import TABLES, WEIGHT_TABLES
 
     p = sub.add_parser("export", help="export the statistics tables to CSV or Parquet")
     _add_run_args(p)
@@ -272,6 +272,6 @@ def _lazy(module: str, fn: str) -> Callable[[Any], None]:
 
 
 COMMANDS: list[Callable[[Any], None]] = [add_train, add_demo, add_sweep, add_export,
-                                         _lazy("core.importer", "add_import"),
-                                         _lazy("core.diagnose", "add_diagnose"),
-                                         _lazy("core.report", "add_report")]
+                                         _lazy("core.run.importer", "add_import"),
+                                         _lazy("core.analysis.diagnose", "add_diagnose"),
+                                         _lazy("core.render.report", "add_report")]

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core import compare as C
-from core import grids
-from core.runs import RunError
+from core.analysis import compare as C
+from core.render import grids
+from core.run.runs import RunError
 from ui import cache, state, widgets
 from ui import cache_compare as cc
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from core import charts as C
-from core.runs import RunError
+from core.render import charts as C
+from core.run.runs import RunError
 from ui import cache, state, widgets
 
 st.title("Activation dynamics")

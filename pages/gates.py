@@ -5,7 +5,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from core import charts as C
+from core.render import charts as C
 from ui import cache, state, widgets
 
 st.title("Squeeze-and-excitation gates")

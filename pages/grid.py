@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core import grids
-from core.runs import RunError
+from core.render import grids
+from core.run.runs import RunError
 from ui import cache, state, widgets
 
 SCALES = {"layer": "per layer (this checkpoint)", "channel": "per channel",
@@ -146,7 +146,7 @@ with v2:
             x = state.x_axis()
 
             def trajectory():
-                from core.charts import channel_trajectory, with_x
+                from core.render.charts import channel_trajectory, with_x
 
                 c = result.channels
                 traj = c[(c["layer"].astype(str) == layer) & (c["channel"] == ch)][

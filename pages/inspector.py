@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from core import inspector as I
-from core.runs import RunError
+from core.analysis import inspector as I
+from core.run.runs import RunError
 from ui import cache, state, widgets
 from ui import cache_compare as cc
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.charts import training_curves
+from core.render.charts import training_curves
 from ui import cache, state, widgets
 
 st.title("Overview")
@@ -42,7 +42,7 @@ try:
                + (f"{len(se)} SE blocks found by structure: {', '.join(se)}" if se else "no SE blocks found"))
     st.dataframe(table, hide_index=True, width="stretch", height=320)
 except Exception as e:  # the page must stay usable without the model
-    from core.loading import UnsafeModelError
+    from core.run.loading import UnsafeModelError
 
     if isinstance(e, UnsafeModelError):
         state.engine(run)  # shows the trust opt-in
@@ -50,4 +50,4 @@ except Exception as e:  # the page must stay usable without the model
         st.error(f"The architecture could not be loaded: {e}")
 
 with findings_slot:
-    widgets.page_findings(sel, "overview", compute=True)  # FINDINGS SPOT (all findings, once core.diagnose exists)
+    widgets.page_findings(sel, "overview", compute=True)  # FINDINGS SPOT (all findings, once core.analysis.diagnose exists)

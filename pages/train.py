@@ -6,11 +6,11 @@ from pathlib import Path
 
 import streamlit as st
 
-from core import jobs
-from core.charts import training_curves
-from core.models import ACTIVATIONS, ArchConfig
-from core.runs import MANIFEST, RunError, resolve_run_path
-from core.trainer import OPTIMIZERS, SCHEDULES, TrainConfig
+from core.training import jobs
+from core.render.charts import training_curves
+from core.training.models import ACTIVATIONS, ArchConfig
+from core.run.runs import MANIFEST, RunError, resolve_run_path
+from core.training.trainer import OPTIMIZERS, SCHEDULES, TrainConfig
 from ui import cache, state
 
 A, T = ArchConfig(), TrainConfig()

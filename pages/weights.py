@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core import charts as C
+from core.render import charts as C
 from ui import cache, state, widgets
 
 st.title("Weights and updates")

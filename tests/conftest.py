@@ -21,7 +21,7 @@ def runs_root(tmp_path_factory) -> Path:
     make_tiny_run(root, "tiny")
     make_tiny_run(root, "tiny-nose", arch={"se": False})
     shutil.copytree(root / "tiny", root / "tiny-nan")
-    from core.runs import Run
+    from core.run.runs import Run
 
     inject_nan(Run(root / "tiny-nan"), 2)
     return root
@@ -29,7 +29,7 @@ def runs_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_run(runs_root):
-    from core.runs import Run
+    from core.run.runs import Run
 
     return Run(runs_root / "tiny")
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from core.models import ArchConfig
-from core.runs import Run, RunWriter, read_npz_weights
-from core.trainer import TrainConfig, train
+from core.training.models import ArchConfig
+from core.run.runs import Run, RunWriter, read_npz_weights
+from core.training.trainer import TrainConfig, train
 
 TINY_ARCH = ArchConfig(input_size=24, num_classes=5, stem_width=8, widths=(8, 12, 16), convs=(1, 2, 1),
                        residual_blocks=(2,), se_blocks=(1, 2, 3), se_ratio=4, dense_units=(16, 12))
@@ -35,7 +35,7 @@ def inject_nan(run: Run, from_mini_epoch: int, variable: str | None = None) -> s
     return variable
 
 
-# -- planted pathologies (tests/core/test_diagnose.py) ---------------------------------------------------
+# -- planted pathologies (tests/core/analysis/test_diagnose.py) ---------------------------------------------------
 def copy_run(src: Path, dst: Path) -> Run:
     """Copy a run directory without its derived cache."""
     import shutil

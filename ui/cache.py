@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.runs import HISTORY, MANIFEST, PROBES, Checkpoint, Run, RunInfo, list_runs, open_run
+from core.run.runs import HISTORY, MANIFEST, PROBES, Checkpoint, Run, RunInfo, list_runs, open_run
 
 
 def _keep_keras_session() -> None:
@@ -165,7 +165,7 @@ def model(run_path: str, arch_mtime: int, trust: bool = False):
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def architecture_table(run_path: str, arch_mtime: int, trust: bool = False) -> pd.DataFrame:
-    from core.architecture import architecture_table as table
+    from core.engine.architecture import architecture_table as table
 
     return table(model(run_path, arch_mtime, trust))
 
@@ -173,7 +173,7 @@ def architecture_table(run_path: str, arch_mtime: int, trust: bool = False) -> p
 @st.cache_resource(show_spinner="Building the extraction engine (once per run)…", max_entries=8)
 def engine(run_path: str, arch_mtime: int, trust: bool = False):
     """The run's RunEngine (model + traced forward pass); thread-safe, shared by every session."""
-    from core.engine import RunEngine
+    from core.engine.engine import RunEngine
 
     return RunEngine(Run(run_path), trust=trust)
 
@@ -199,7 +199,7 @@ def decode_image(key: str, size: tuple[int, int], channels: int, _src: bytes | s
 
     ``key`` identifies ``_src``: the content hash of uploaded bytes, or path + mtime of a file.
     """
-    from core.images import ImageError, load_probe_image
+    from core.run.images import ImageError, load_probe_image
 
     try:
         return load_probe_image(_src, size, channels=1 if channels == 1 else 3), None
@@ -214,7 +214,7 @@ def image_png(key: str, _pixels: np.ndarray) -> bytes:
 
 
 def _encode_png(pixels: np.ndarray) -> bytes:
-    from core import grids
+    from core.render import grids
 
     return grids.to_png(pixels[..., 0] if pixels.ndim == 3 and pixels.shape[2] == 1 else pixels)
 
@@ -370,8 +370,8 @@ def image_layer(run_path: str, arch: int, ckpt: tuple, image_key: str, layer: st
 @memo(64)
 def layer_maps(run_path: str, arch: int, ckpt: tuple, image_key: str, layer: str, trust: bool,
                _image: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """``core.grids.channel_maps`` (C, H, W) of ``image_layer`` and their ``channel_summary`` (read-only)."""
-    from core import grids
+    """``core.render.grids.channel_maps`` (C, H, W) of ``image_layer`` and their ``channel_summary`` (read-only)."""
+    from core.render import grids
 
     maps = grids.channel_maps(image_layer(run_path, arch, ckpt, image_key, layer, trust, _image))
     summary = grids.channel_summary(maps)
@@ -381,20 +381,20 @@ def layer_maps(run_path: str, arch: int, ckpt: tuple, image_key: str, layer: str
 
 
 def _probe_set_of(run_path: str):
-    from core.engine import run_probe_set
+    from core.engine.engine import run_probe_set
 
     return run_probe_set(Run(run_path))
 
 
 def _image_probes(image_key: str, image: np.ndarray):
-    from core.engine import single_probe
+    from core.engine.engine import single_probe
 
     return single_probe(image, image_key)
 
 
 def _do_sweep(run_path: str, arch: int, trust: bool, probes, options: dict,
               progress: Callable[[int, int, str], None] | None = None):
-    from core.sweep import SweepOptions, sweep
+    from core.analysis.sweep import SweepOptions, sweep
 
     return sweep(Run(run_path), probes, engine=engine(run_path, arch, trust),
                  options=SweepOptions(**options), progress=progress)
@@ -468,9 +468,9 @@ def _probe_key(run: Run) -> str:
 
 
 def diagnose_available() -> bool:
-    """True when ``core.diagnose`` (written separately) can be imported."""
+    """True when ``core.analysis.diagnose`` (written separately) can be imported."""
     try:
-        import core.diagnose  # noqa: F401
+        import core.analysis.diagnose  # noqa: F401
     except ImportError:
         return False
     return True
@@ -479,9 +479,9 @@ def diagnose_available() -> bool:
 @st.cache_data(show_spinner=False, max_entries=16)
 def findings(run_path: str, ckpt_stamp: tuple, probe_key: str, hist_stamp: tuple, arch: int = 0,
              trust: bool = False) -> list:
-    """Findings of ``core.diagnose.diagnose`` for the run's probe-set sweep (empty without the module)."""
+    """Findings of ``core.analysis.diagnose.diagnose`` for the run's probe-set sweep (empty without the module)."""
     try:
-        from core.diagnose import diagnose
+        from core.analysis.diagnose import diagnose
     except ImportError:
         return []
     result = sweep_tables(run_path, ckpt_stamp, probe_key, arch, trust)
@@ -504,7 +504,7 @@ def chart_spec(name: str, deps: tuple, _build: Callable[[], Any]) -> dict:
 @memo(64)  # a grid of 64 tiles of 112x112 is 1.6 MB of HTML
 def grid_html(run_path: str, ckpt: tuple, image_key: str, layer: str, settings: tuple,
               _maps: np.ndarray, _base: np.ndarray | None = None, _summary: dict | None = None) -> str:
-    """The channel grid as HTML (``core.grids.grid_html``).
+    """The channel grid as HTML (``core.render.grids.grid_html``).
 
     ``settings`` = (mode, cmap, fixed, sort, page, per_page, tile_px, alpha, selected).
     ``_maps`` (C, H, W) and ``_base`` (the probe image) are what (run_path, ckpt, image_key, layer)
@@ -515,7 +515,7 @@ def grid_html(run_path: str, ckpt: tuple, image_key: str, layer: str, settings: 
 
 
 def _draw_grid(maps: np.ndarray, settings: tuple, base: np.ndarray | None, summary: dict | None = None) -> str:
-    from core import grids
+    from core.render import grids
 
     mode, cmap, fixed, sort, page, per_page, tile_px, alpha, selected = settings
     return grids.grid_html(maps, mode=mode, cmap=cmap, fixed=fixed, sort=sort, page=page, per_page=per_page,
@@ -529,7 +529,7 @@ def grid_png(maps: np.ndarray | None = None, settings: tuple = (), base: np.ndar
 
     Without ``maps`` (nothing drawn), a PNG that says so.
     """
-    from core import grids
+    from core.render import grids
 
     if maps is None or summary is None:
         note = np.full((20, 420, 3), 255, np.uint8)
@@ -550,7 +550,7 @@ def grid_png(maps: np.ndarray | None = None, settings: tuple = (), base: np.ndar
 @memo(32)
 def image_uri(key: str, _pixels: np.ndarray) -> str:
     """uint8 (H, W, C) image as a PNG ``data:`` URI (``key``: a digest of the pixels)."""
-    from core import grids
+    from core.render import grids
 
     return grids.data_uri(_encode_png(_pixels))
 
@@ -566,8 +566,8 @@ def _overlay_uri(base: np.ndarray | None, alpha: float) -> str | None:
 @memo(256)
 def colorbar_html(cmap: str, lo: float | None, hi: float | None, low_text: str | None = None,
                   high_text: str | None = None, caption: str = "") -> str:
-    """A colour bar (see ``core.grids.colorbar_html``)."""
-    from core import grids
+    """A colour bar (see ``core.render.grids.colorbar_html``)."""
+    from core.render import grids
 
     return grids.colorbar_html(cmap, lo, hi, caption=caption, low_text=low_text, high_text=high_text)
 
@@ -581,7 +581,7 @@ def channel_view_html(run_path: str, ckpt: tuple, image_key: str, layer: str, ch
 
 
 def _draw_view(m: np.ndarray, scale: tuple, base: np.ndarray | None) -> str:
-    from core import grids
+    from core.render import grids
 
     lo, hi, cmap, size, alpha = scale
     return grids.channel_view_html(m, lo, hi, cmap, size, _overlay_uri(base, alpha), alpha)
@@ -599,7 +599,7 @@ class GridView:
 
 def grid_scales(summary: dict, settings: tuple) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel colour range (lo, hi) of the grid with ``settings`` (C,) each."""
-    from core import grids
+    from core.render import grids
 
     mode, cmap, fixed = settings[:3]
     return grids.value_ranges(summary, mode, fixed, cmap in grids.DIVERGING)
@@ -607,7 +607,7 @@ def grid_scales(summary: dict, settings: tuple) -> tuple[np.ndarray, np.ndarray]
 
 def bar_args(settings: tuple, lo: np.ndarray, hi: np.ndarray) -> tuple:
     """``colorbar_html`` arguments of the grid's colour bar (without the caption)."""
-    from core import grids
+    from core.render import grids
 
     mode, cmap = settings[:2]
     if mode == "channel":
@@ -619,7 +619,7 @@ def bar_args(settings: tuple, lo: np.ndarray, hi: np.ndarray) -> tuple:
 def _draw_ahead(acts: dict[str, np.ndarray], view: GridView, run_path: str, ckpt: tuple, image_key: str,
                 image: np.ndarray) -> dict[tuple, str]:
     """The grid page's grid and channel view of ``view`` at ``ckpt``, keyed like grid_html / channel_view_html."""
-    from core import grids
+    from core.render import grids
 
     maps = grids.channel_maps(acts[view.layer])
     summary = grids.channel_summary(maps)

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.runs import Run
+from core.run.runs import Run
 from ui import cache
 
 
@@ -25,8 +25,8 @@ def unsquash(chart: Any) -> Any:
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def layer_match(key: tuple, _results: Sequence[Any]):
-    """``core.compare.shared_layers`` of the results identified by ``key`` (run paths + checkpoint stamps)."""
-    from core.compare import shared_layers
+    """``core.analysis.compare.shared_layers`` of the results identified by ``key`` (run paths + checkpoint stamps)."""
+    from core.analysis.compare import shared_layers
 
     return shared_layers(_results)
 
@@ -34,15 +34,15 @@ def layer_match(key: tuple, _results: Sequence[Any]):
 @st.cache_data(show_spinner="Finding where the runs differ…", max_entries=16)
 def differences(key: tuple, align: str, top: int, _results: Sequence[Any], _histories: Mapping[str, pd.DataFrame],
                 _sizes: Mapping[str, int]) -> pd.DataFrame:
-    """``core.compare.biggest_differences``; ``key`` identifies results, histories and sizes."""
-    from core.compare import biggest_differences
+    """``core.analysis.compare.biggest_differences``; ``key`` identifies results, histories and sizes."""
+    from core.analysis.compare import biggest_differences
 
     return biggest_differences(_results, top=top, histories=_histories, sizes=_sizes, align=align)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def dead_fractions(key: tuple, layer: str, _results: Sequence[Any]) -> pd.DataFrame:
-    from core.compare import dead_fractions as dead
+    from core.analysis.compare import dead_fractions as dead
 
     return dead(_results, [layer])
 
@@ -50,7 +50,7 @@ def dead_fractions(key: tuple, layer: str, _results: Sequence[Any]) -> pd.DataFr
 @st.cache_data(show_spinner="Predicting the probe set…", max_entries=32)
 def predictions(run_path: str, arch: int, ckpt: tuple, probes_mtime: int, trust: bool = False) -> np.ndarray:
     """Probabilities (N, K) of the run's probe set at one checkpoint (``ckpt`` = ``cache.ckpt_key``)."""
-    from core.inspector import predict_probes
+    from core.analysis.inspector import predict_probes
 
     eng = cache.engine(run_path, arch, trust)
     x, _ = cache.probe_set(run_path, probes_mtime)
@@ -61,7 +61,7 @@ def predictions(run_path: str, arch: int, ckpt: tuple, probes_mtime: int, trust:
 def first_layer_kernels(run_path: str, stamp: tuple, layer_order: tuple[str, ...]
                         ) -> tuple[str | None, list[tuple[int, np.ndarray]]]:
     """(variable path, [(mini_epoch, kernel)]) of the first conv kernel reading the image, at every checkpoint."""
-    from core.inspector import first_conv_kernel, read_kernel
+    from core.analysis.inspector import first_conv_kernel, read_kernel
 
     run = Run(run_path)
     ckpts = run.checkpoints()

@@ -14,7 +14,7 @@ import numpy as np
 import streamlit as st
 from streamlit.errors import StreamlitAPIException
 
-from core.runs import Checkpoint, Run, RunError, runs_root_from_env
+from core.run.runs import Checkpoint, Run, RunError, runs_root_from_env
 from ui import cache
 
 PHOTOS_DIR = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "photos"
@@ -212,7 +212,7 @@ def engine(run: Run):
     An architecture with Python code (Lambda layers) needs ``trust=True``; the user opts in
     per run with the "I trust this file" checkbox.
     """
-    from core.loading import ModelLoadError, UnsafeModelError
+    from core.run.loading import ModelLoadError, UnsafeModelError
 
     trust = trusted(run)
     try:

@@ -80,7 +80,7 @@ def _vlc(fmt: str, spec: dict) -> bytes | str:
 
 def png(pixels: np.ndarray, *, caption: str | None = None, where: Any = None, width: Any = "content") -> None:
     """Show a uint8 (H, W, 3) image as lossless PNG (encoded here, fast, so Streamlit sends it as is)."""
-    from core.grids import to_png
+    from core.render.grids import to_png
 
     where = where if where is not None else st
     where.image(to_png(pixels), caption=caption, output_format="PNG", width=width)
@@ -97,11 +97,11 @@ class _AsIs:
 
 
 def html(body: str, *, where: Any = None) -> None:
-    """Show HTML made here (``core.grids``' tiles and colour bars): sent without Streamlit's text clean-up."""
+    """Show HTML made here (``core.render.grids``' tiles and colour bars): sent without Streamlit's text clean-up."""
     (where if where is not None else st).html(_AsIs(body))
 
 
-# ---- findings (core.diagnose, written separately) ---------------------------------------------------
+# ---- findings (core.analysis.diagnose, written separately) ---------------------------------------------------
 
 
 def _get(f: Any, name: str, default: Any = None) -> Any:
@@ -130,7 +130,7 @@ def _evidence(ev: Any) -> str:
 
 
 def findings_panel(findings: Sequence[Any] | None, page: str) -> None:
-    """FINDINGS SPOT: list ``core.diagnose`` findings for this page; renders nothing when there are none.
+    """FINDINGS SPOT: list ``core.analysis.diagnose`` findings for this page; renders nothing when there are none.
 
     One compact line per finding (severity badge, kind, first mini-epoch, message, evidence) and a
     button that opens the page, layer and checkpoint where it shows. Expanded on the overview,
@@ -171,7 +171,7 @@ def findings_panel(findings: Sequence[Any] | None, page: str) -> None:
 
 def probe_set_statistics(sel: Any, page: str) -> Any:
     """The run's probe-set sweep for ``page``, with its problems and findings shown; stops the page on failure."""
-    from core.runs import RunError
+    from core.run.runs import RunError
 
     try:
         res = cache.swept(sel.run, sel.stamp, sel.trust, label="Statistics of the probe set")
@@ -191,7 +191,7 @@ def sweep_problems(result: Any, run: Any) -> None:
 
 
 def page_findings(sel: Any, page: str, *, compute: bool = False) -> None:
-    """Findings for this page when ``core.diagnose`` exists; ``compute`` allows running the probe-set sweep.
+    """Findings for this page when ``core.analysis.diagnose`` exists; ``compute`` allows running the probe-set sweep.
 
     Without ``compute`` (pages that do not need the sweep) findings show only once the
     sweep is already done in this process.

@@ -27,7 +27,7 @@ def idle(page, timeout: float = 180_000, settle_ms: int = 300) -> None:
     page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=timeout)
 
 
-#: The channel grid (HTML, see ``core.grids.tiles_html``) once drawn.
+#: The channel grid (HTML, see ``core.render.grids.tiles_html``) once drawn.
 GRID = '[data-testid="stMain"] .ade-grid'
 
 

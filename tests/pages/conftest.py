@@ -61,7 +61,7 @@ def trust_root(tmp_path_factory) -> Path:
     """A runs root with one run whose architecture holds a Lambda layer (needs "I trust this file")."""
     import keras
 
-    from core.runs import RunWriter, make_manifest, model_weights
+    from core.run.runs import RunWriter, make_manifest, model_weights
 
     root = tmp_path_factory.mktemp("trust_runs")
     inp = keras.Input((8, 8, 3), name="image")

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.core.test_compare import compare_root
+from tests.core.analysis.test_compare import compare_root
 
 REPO = Path(__file__).resolve().parents[2]
 

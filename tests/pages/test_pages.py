@@ -132,7 +132,7 @@ def test_grid_scrubber_is_a_fragment_in_its_sidebar_place(app_env, monkeypatch):
 
 
 def test_grid_checkpoint_that_cannot_be_read_keeps_the_scrubber(app_env, monkeypatch):
-    from core.runs import Run, RunError
+    from core.run.runs import Run, RunError
 
     def broken(self, ckpt, architecture=None, names=None):
         raise RunError(self.path, "unreadable or truncated checkpoint")
@@ -235,7 +235,7 @@ def test_findings_panel_and_show_button(app_env):
     from ui import cache
 
     if not cache.diagnose_available():
-        pytest.skip("core.diagnose is not there yet")
+        pytest.skip("core.analysis.diagnose is not there yet")
     at = open_app(query={"run": "tiny-nan"})
     buttons = [b for b in at.button if str(b.key or "").startswith("finding_overview_")]
     assert buttons, "the overview lists the run's findings"
@@ -257,7 +257,7 @@ def test_next_checkpoint_is_read_and_drawn_ahead(app_env, monkeypatch):
     import threading
     import time
 
-    from core.engine import RunEngine
+    from core.engine.engine import RunEngine
     from ui import cache
 
     _clear_image_caches()
@@ -331,7 +331,7 @@ def test_grid_computes_only_the_layer_shown_for_a_new_checkpoint(app_env, monkey
     """Without a background result, a new checkpoint is computed for the layer shown only (once prepared)."""
     import time
 
-    from core.engine import RunEngine
+    from core.engine.engine import RunEngine
     from ui import cache, state
 
     _clear_image_caches()

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core import jobs
-from core.runs import Run
+from core.training import jobs
+from core.run.runs import Run
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = {"train_input_size": 32, "train_num_classes": 5, "train_stem_width": 8, "train_widths": "8,8,8",
@@ -129,7 +129,7 @@ def test_bad_config_and_outside_folders_are_refused(roots):
     assert jobs.list_datasets(data) == ["shapes"]
 
 
-# -- core.jobs logic behind the page (no training process needed) ---------------------------
+# -- core.training.jobs logic behind the page (no training process needed) ---------------------------
 def test_combine_status_states():
     running = {"state": "running", "pid": 11, "images_done": 64, "images_total": 256, "mini_epoch": 1,
                "mini_epochs": 4, "images_per_s": 50.0, "eta_s": 4.0}
@@ -149,7 +149,7 @@ def test_combine_status_states():
 
 
 def test_lock_refuses_a_second_training(tmp_path):
-    from core.trainer import TrainConfig
+    from core.training.trainer import TrainConfig
 
     fd = jobs._try_lock(tmp_path)  # as a running training would hold it
     try:

@@ -36,7 +36,7 @@ def add_checkpoints(run_path: Path, upto: int) -> None:
     noise, so every checkpoint gives visibly different activations (what the concurrency tests need
     to tell a wrong checkpoint from the right one).
     """
-    from core.runs import Run, RunWriter, read_npz_weights
+    from core.run.runs import Run, RunWriter, read_npz_weights
 
     run = Run(run_path)
     ckpts = run.checkpoints()
@@ -72,7 +72,7 @@ def tiny8_root(tmp_path_factory, tiny_run) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny8(tiny8_root):
-    from core.runs import Run
+    from core.run.runs import Run
 
     return Run(tiny8_root / "tiny8")
 
@@ -80,7 +80,7 @@ def tiny8(tiny8_root):
 @pytest.fixture(scope="session")
 def engine8(tiny8):
     """ONE RunEngine for tiny8, shared by every test (as ``st.cache_resource`` shares it in the app)."""
-    from core.engine import RunEngine
+    from core.engine.engine import RunEngine
 
     return RunEngine(tiny8)
 

@@ -54,7 +54,7 @@ def _check_content(name: str, a: np.ndarray) -> None:
 
 def _load(name: str, data: bytes):
     """('accepted', array) | ('refused', message) | ('crash', repr) for one file."""
-    from core.images import ImageError, load_probe_image
+    from core.run.images import ImageError, load_probe_image
 
     try:
         return "accepted", load_probe_image(data, (SIZE, SIZE), channels=3)

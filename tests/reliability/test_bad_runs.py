@@ -45,7 +45,7 @@ class _Evil:
 
 
 def _build(root: Path, tiny: Path, nose: Path) -> None:
-    from core.runs import read_npz_weights
+    from core.run.runs import read_npz_weights
 
     for name in CASES:
         d = copy_tiny(tiny, root / name)
@@ -119,10 +119,10 @@ def test_core_each_bad_run_names_the_file_and_the_rest_stays_usable(bad_root, en
     The sweeps share one RunEngine built on an intact copy of the same architecture (as the
     app's cache_resource shares one per run), which keeps this test at a few seconds.
     """
-    from core.engine import run_probe_set
-    from core.loading import ModelLoadError
-    from core.runs import Run, RunError, list_runs, open_run
-    from core.sweep import SweepOptions, sweep
+    from core.engine.engine import run_probe_set
+    from core.run.loading import ModelLoadError
+    from core.run.runs import Run, RunError, list_runs, open_run
+    from core.analysis.sweep import SweepOptions, sweep
 
     fast = SweepOptions(train_mode=False, gradients=False)
     listed = {i.name: i for i in list_runs(bad_root)}
@@ -164,7 +164,7 @@ def test_core_each_bad_run_names_the_file_and_the_rest_stays_usable(bad_root, en
                     assert ex.loc[2, "n_nan_weights"] > 0 and ex.loc[3, "n_inf_weights"] > 0
                     assert ex.loc[1, "n_nan_weights"] == 0
                     try:
-                        from core.diagnose import diagnose
+                        from core.analysis.diagnose import diagnose
                     except ImportError:
                         diagnose = None
                     if diagnose is not None:
@@ -192,7 +192,7 @@ def test_core_each_bad_run_names_the_file_and_the_rest_stays_usable(bad_root, en
 
 def test_core_bad_checkpoint_error_names_the_file(bad_root, engine8):
     """RunEngine.activations on a checkpoint from another architecture names the checkpoint file."""
-    from core.runs import Run, RunError
+    from core.run.runs import Run, RunError
 
     run = Run(bad_root / "other-arch")
     x = run.probes()[0][:1]
@@ -223,7 +223,7 @@ SWEEP_LEVEL = (1, 2, 4)  # found only when the checkpoint is read
 
 def _build_many_bad(bad_root: Path, runs_root: Path) -> None:
     """Checkpoints 0..7 of the tiny run, damaged as MANY_BAD says, plus a torn and a malformed history row."""
-    from core.runs import read_npz_weights
+    from core.run.runs import read_npz_weights
     from tests.reliability.conftest import add_checkpoints
 
     d = copy_tiny(runs_root / "tiny", bad_root / "many-bad")

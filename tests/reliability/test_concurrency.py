@@ -90,7 +90,7 @@ def _shown(at) -> tuple[int | None, tuple[str, ...] | None]:
 
 @pytest.mark.slow
 def test_app_8_sessions_scrub_different_checkpoints(tiny8_root, reference, monkeypatch):
-    from core import grids
+    from core.render import grids
 
     x, ckpts, ref = reference
     expected = {}

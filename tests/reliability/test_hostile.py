@@ -41,7 +41,7 @@ def _lambda_model(marker: Path):
 def hostile(tmp_path_factory, tiny_run):
     """A runs root with ``lambda-run`` (the tiny run's manifest and probes, a Lambda architecture whose
     code drops a marker file), and loose hostile model files."""
-    from core.runs import RunWriter, model_weights
+    from core.run.runs import RunWriter, model_weights
 
     d = tmp_path_factory.mktemp("hostile")
     marker = d / "LAMBDA_RAN"
@@ -99,9 +99,9 @@ def _injected_configs(d: Path, marker: Path) -> dict[str, Path]:
 
 
 def test_lambda_model_never_runs_without_trust_core(hostile):
-    from core.engine import RunEngine
-    from core.loading import UnsafeModelError, load_model_file
-    from core.runs import Run, list_runs, open_run
+    from core.engine.engine import RunEngine
+    from core.run.loading import UnsafeModelError, load_model_file
+    from core.run.runs import Run, list_runs, open_run
 
     marker = hostile["marker"]
     assert not marker.exists()
@@ -128,7 +128,7 @@ def test_lambda_model_never_runs_without_trust_core(hostile):
 @pytest.mark.parametrize("kind", ["popen", "path_touch", "exec_activation"])
 def test_config_injection_is_refused(hostile, kind):
     """Configs naming non-Keras modules (subprocess.Popen, pathlib.Path, builtins.exec) are refused in safe mode."""
-    from core.loading import ModelLoadError, load_model_file
+    from core.run.loading import ModelLoadError, load_model_file
 
     with pytest.raises(ModelLoadError) as ei:
         load_model_file(hostile["files"][kind])
@@ -141,7 +141,7 @@ def test_savedmodel_layer_is_refused_without_trust(tmp_path):
     import keras
     import tensorflow as tf
 
-    from core.loading import UnsafeModelError, load_model_file
+    from core.run.loading import UnsafeModelError, load_model_file
 
     marker = tmp_path / "GRAPH_RAN"
 
@@ -163,7 +163,7 @@ def test_savedmodel_layer_is_refused_without_trust(tmp_path):
 
 
 def test_legacy_keras2_lambdas_refused_with_explanation():
-    from core.loading import UnsafeModelError, load_model_file
+    from core.run.loading import UnsafeModelError, load_model_file
 
     if not LEGACY_H5.exists():
         pytest.skip(f"shared test data not found at {LEGACY_H5}")
@@ -298,7 +298,7 @@ def trav_root(tmp_path_factory, tiny_run):
 
 @pytest.mark.parametrize("name", _variants())
 def test_resolve_run_path_refuses_traversal(trav_root, name):
-    from core.runs import RunError, open_run, resolve_run_path
+    from core.run.runs import RunError, open_run, resolve_run_path
 
     try:
         p = resolve_run_path(trav_root, name)
@@ -310,7 +310,7 @@ def test_resolve_run_path_refuses_traversal(trav_root, name):
 
 
 def test_symlinks_cannot_leave_the_root(trav_root):
-    from core.runs import RunError, list_runs, open_run
+    from core.run.runs import RunError, list_runs, open_run
 
     for name in ("escape", "escape-rel"):
         with pytest.raises(RunError, match="outside the runs root"):
@@ -372,7 +372,7 @@ def test_app_other_query_params_are_inert(trav_root, monkeypatch):
 
 
 def test_server_binds_to_localhost_with_upload_limit_and_xsrf():
-    from core.images import DEFAULT_MAX_BYTES
+    from core.run.images import DEFAULT_MAX_BYTES
 
     cfg = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text())
     server, browser, client = cfg.get("server", {}), cfg.get("browser", {}), cfg.get("client", {})

@@ -44,7 +44,7 @@ class Reader:
         self.model_checked = False
 
     def poll(self) -> None:
-        from core.runs import Run, RunError
+        from core.run.runs import Run, RunError
 
         if not (self.run_dir / "manifest.json").exists():
             return
@@ -53,7 +53,7 @@ class Reader:
         try:
             run.manifest
             if not self.model_checked:  # written before the manifest: complete when the manifest is there
-                from core.loading import load_model_file
+                from core.run.loading import load_model_file
 
                 load_model_file(run.architecture_path)
                 x, y = run.probes()
@@ -81,7 +81,7 @@ class Reader:
         self.max_seen = max(self.max_seen, max(listed, default=-1))
 
     def check_checkpoint(self, run, c) -> None:
-        from core.runs import RunError
+        from core.run.runs import RunError
 
         try:
             w = run.read_weights(c)
@@ -104,7 +104,7 @@ class Reader:
         """After the writer is gone: every listed checkpoint reads, every row has its checkpoint."""
         self.verified.clear()
         self.poll()
-        from core.runs import Run
+        from core.run.runs import Run
 
         return Run(self.run_dir).complete_mini_epochs() if (self.run_dir / "manifest.json").exists() else []
 

@@ -75,7 +75,7 @@ def test_grid_png_is_the_labelled_grid_under_a_title_and_colour_bar():
     import numpy as np
     from PIL import Image
 
-    from core import grids
+    from core.render import grids
     from ui.cache import grid_png
 
     maps = np.random.default_rng(0).normal(size=(6, 5, 5)).astype(np.float32)
@@ -95,7 +95,7 @@ def test_overlay_is_the_image_given_not_one_cached_under_the_same_name():
     """Probe image 0 of two runs has one image key ("probe:000") and different pixels."""
     import numpy as np
 
-    from core import grids
+    from core.render import grids
     from ui.cache import _draw_grid
 
     maps = np.zeros((2, 3, 3), np.float32)
