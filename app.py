@@ -1,9 +1,9 @@
 """Activation Dynamics Explorer: `streamlit run app.py [-- --runs-root PATH]`.
 
 The app's script is explorer.py; this file is its server (``st.App``), which starts importing
-TensorFlow (~2.6 s) as soon as the server is up, while the browser is still loading the page,
-so the first channel grid comes about two seconds sooner. ``streamlit run explorer.py`` works
-too, without that head start.
+TensorFlow (seconds: bench/bench_internals.py) as soon as the server is up, while the browser is
+still loading the page, so the first channel grid comes sooner. ``streamlit run explorer.py``
+works too, without that head start.
 """
 from __future__ import annotations
 

@@ -183,7 +183,7 @@ def main() -> int:
 
         cached = [timed() for _ in range(args.repeat)]
         todo = mes[1:]
-        from ui import cache
+        from ui import cache, grid_cache
 
         state.READ_AHEAD = False  # (b): every checkpoint cold
         uncached = []
@@ -196,7 +196,8 @@ def main() -> int:
             at.select_slider(key="w_ckpt").set_value(me)
             scrub_back.append(timed())
         # (c): stepping forward as Next / Play do, with the read-ahead of the next checkpoint
-        for fn in (cache.image_activations, cache.image_layer, cache.layer_maps, cache.grid_html, cache.channel_view_html):
+        for fn in (cache.image_activations, cache.image_layer, cache.layer_maps, grid_cache.grid_html,
+                   grid_cache.channel_view_html):
             fn.clear()
         at.select_slider(key="w_ckpt").set_value(mes[0])
         timed()

@@ -1,6 +1,8 @@
 """Sweep benchmark: per-checkpoint cost of the floor, our sweep and the naive way, measured in one run.
 
     python bench/bench_sweep.py [--quick] [--skip-224] [--skip-memory]
+    python bench/bench_sweep.py --ray 2      (needs requirements-cloud.txt)
+    python bench/bench_sweep.py --foreign [MODEL ...]   (keras.applications, weights=None, 224 px)
 
 floor  = read the checkpoint's weight arrays + one traced forward pass of the probe batch
 sweep  = core.analysis.sweep.sweep (no cache): read + forward + every statistics table written to Parquet
@@ -146,6 +148,140 @@ def bench_case(root: Path, label: str, arch, n_ckpt: int, n_probe: int, n_naive:
     return r
 
 
+def bench_ray(root: Path, workers: int, quick: bool) -> dict:
+    """``--ray N``: a sweep on a local Ray cluster of N CPUs against the one-process sweep, same run.
+
+    Fixed costs (cluster start; per task: worker start, TensorFlow import, model build and trace)
+    are separated from the cost per checkpoint by timing two run lengths: the difference of the
+    two times, divided by the difference in checkpoints, is the marginal cost per checkpoint.
+    """
+    import ray
+
+    from core.analysis.raysweep import _runtime_env, sweep_on_ray
+    from core.analysis.sweep import sweep
+    from core.engine.engine import RunEngine, run_probe_set
+    from core.run.runs import Run
+    from core.training.models import ArchConfig
+
+    arch = dataclasses.replace(ArchConfig(), input_size=224, widths=(64, 96, 128, 192, 256))
+    sizes = (4, 12) if quick else (6, 24)
+    runs = {n: make_bench_run(root, f"ray-{n}", arch, n - 1, 8) for n in sizes}
+    floor = time_floor_and_sweeps(runs[sizes[0]], repeats=1)[0]
+    # Ray lowers its workers' priority (nice 15); on a machine shared with other jobs that would
+    # measure the other jobs. The one-process sweep runs at normal priority: so do the workers.
+    os.environ.setdefault("RAY_worker_niceness", "0")
+    t = time.perf_counter()
+    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             runtime_env=_runtime_env(None))
+    start = time.perf_counter() - t
+    one, on_ray = {}, {}
+    try:
+        warm = make_bench_run(root, "ray-warm", ArchConfig(), 1, 2)
+        t = time.perf_counter()
+        sweep_on_ray(Run(warm), str(warm), run_probe_set(Run(warm)), workers=workers)
+        cold = time.perf_counter() - t  # worker processes start and import TensorFlow once
+        for n, d in runs.items():
+            run = Run(d)
+            probes = run_probe_set(run)
+            eng = RunEngine(run)
+            sweep(run, probes, engine=eng, mini_epochs=[0], use_cache=False)  # trace once, as the workers do
+            shutil.rmtree(run.cache_dir, ignore_errors=True)
+            t = time.perf_counter()
+            sweep(run, probes, engine=eng, use_cache=False)
+            one[n] = time.perf_counter() - t
+            shutil.rmtree(run.cache_dir, ignore_errors=True)
+            t = time.perf_counter()
+            sweep_on_ray(run, str(run.path), probes, workers=workers, engine=eng)
+            on_ray[n] = time.perf_counter() - t
+    finally:
+        ray.shutdown()
+    a, b = sizes
+    marg_one, marg_ray = (one[b] - one[a]) / (b - a), (on_ray[b] - on_ray[a]) / (b - a)
+    fixed = on_ray[a] - marg_ray * a
+    overhead = marg_ray - marg_one
+    print(f"\n== Ray, {workers} workers, seed-size net at 224 px, 8 probe images, {a} and {b} checkpoints")
+    print(f"  cluster start                      {start:8.1f} s (once)")
+    print(f"  first sweep (workers start, import TensorFlow) {cold:6.1f} s (once per cluster)")
+    for n in sizes:
+        print(f"  {n:3d} checkpoints: one process {one[n]:7.1f} s, ray {on_ray[n]:7.1f} s")
+    print(f"  per checkpoint (marginal): one process {marg_one * 1e3:7.0f} ms, ray {marg_ray * 1e3:7.0f} ms; "
+          f"floor {floor * 1e3:.0f} ms")
+    print(f"  overhead per checkpoint {overhead * 1e3:+.0f} ms = {overhead / floor * 100:+.0f} % of the floor "
+          f"(target <= 20 %); fixed cost of a ray sweep {fixed:.1f} s (model build and trace in each worker)")
+    return {"case": f"ray-{workers}", "cluster_start_s": start, "cold_workers_s": cold, "one_s": one, "ray_s": on_ray, "floor_ms": floor * 1e3,
+            "marginal_one_ms": marg_one * 1e3, "marginal_ray_ms": marg_ray * 1e3,
+            "overhead_pct_of_floor": overhead / floor * 100, "fixed_s": fixed}
+
+
+def _foreign_run(root: Path, name: str, size: int, n_ckpt: int = 3, n_probe: int = 8) -> Path:
+    """A run imported (core.run.importer) from ``n_ckpt`` .keras files of keras.applications.``name``."""
+    import keras
+    from PIL import Image
+
+    from core.run.importer import import_checkpoints
+
+    model = getattr(keras.applications, name)(weights=None, input_shape=(size, size, 3))
+    src, probes = root / f"{name}-ckpts", root / f"{name}-probes"
+    src.mkdir()
+    probes.mkdir()
+    rng = np.random.default_rng(0)
+    for e in range(1, n_ckpt + 1):
+        for v in model.trainable_variables:
+            v.assign(v.numpy() + 0.01 * rng.standard_normal(v.shape).astype("float32"))
+        model.save(src / f"model-{e:02d}.keras")
+    for i in range(n_probe):
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(probes / f"{i}.png")
+    return import_checkpoints(src, root / "runs", name, probes=[probes]).run
+
+
+def bench_foreign(root: Path, names: list[str], size: int = 224) -> list[dict]:
+    """``--foreign``: first sweep checkpoint of an imported keras.applications model vs a plain trace.
+
+    plain = build the model (weights=None) + tf.function trace + first call on the probe batch;
+    first = RunEngine (load the architecture, find taps and SE blocks) + sweep of the first
+    checkpoint (statistics only, no cache). Plain is timed just before and just after ours in
+    the same process, so machine load hits both alike; later checkpoints as ``bench_case``.
+    """
+    import keras
+    import tensorflow as tf
+
+    from core.analysis.sweep import SweepOptions, sweep
+    from core.engine.engine import RunEngine
+    from core.run.runs import Run
+
+    def plain(name: str, x: np.ndarray) -> float:
+        t = time.perf_counter()
+        model = getattr(keras.applications, name)(weights=None, input_shape=(size, size, 3))
+        tf.function(lambda v: model(v, training=False))(x).numpy()
+        return time.perf_counter() - t
+
+    tf.get_logger().setLevel("ERROR")  # each plain trace is a new tf.function by design: no retracing warnings
+    out = []
+    for name in names:
+        run = Run(_foreign_run(root, name, size))
+        x = np.zeros((len(run.probes()[0]), size, size, 3), "float32")
+        plain(name, x)  # warm-up: first-use costs of TensorFlow and Keras are nobody's
+        before = plain(name, x)
+        t = time.perf_counter()
+        eng = RunEngine(run)
+        first_me = run.checkpoints()[0].mini_epoch
+        sweep(run, engine=eng, options=SweepOptions(train_mode=False, gradients=False), mini_epochs=[first_me],
+              use_cache=False)
+        first = time.perf_counter() - t
+        after = plain(name, x)
+        ref = (before + after) / 2
+        floor, stats_only, _full = time_floor_and_sweeps(run.path, repeats=2)
+        print(f"\n== {name} {size} px, weights=None, {len(x)} probe images, {len(eng.taps)} taps")
+        print(f"  plain trace + first call  {before:6.2f} s before, {after:6.2f} s after ours")
+        print(f"  first sweep checkpoint    {first:6.2f} s = {first / ref:5.2f} x plain (target <= 2)")
+        print(f"  later: floor {floor * 1e3:7.0f} ms/ckpt, sweep {stats_only * 1e3:7.0f} ms/ckpt = "
+              f"{stats_only / floor:5.2f} x floor (target <= 1.3)")
+        out.append({"case": f"foreign-{name}-{size}px", "plain_s": [before, after], "first_s": first,
+                    "first/plain": first / ref, "floor_ms": floor * 1e3, "sweep_ms": stats_only * 1e3,
+                    "sweep/floor": stats_only / floor})
+    return out
+
+
 def main() -> int:
     from core.training.models import ArchConfig
 
@@ -154,12 +290,23 @@ def main() -> int:
     ap.add_argument("--skip-224", action="store_true")
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--json", type=Path, help="also write the numbers here")
+    ap.add_argument("--foreign", nargs="*", metavar="MODEL",
+                    help="only: first sweep checkpoint of keras.applications models (default MobileNetV3Small "
+                         "EfficientNetB0, 224 px, weights=None) vs a plain tf.function trace")
+    ap.add_argument("--ray", type=int, metavar="WORKERS", help="only: a Ray sweep on WORKERS CPUs vs one process")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="ade-bench-"))
     results = []
     try:
+        if args.foreign is not None:
+            results += bench_foreign(root, args.foreign or ["MobileNetV3Small", "EfficientNetB0"])
+            args.skip_224 = args.skip_memory = args.skip_64 = True
+        if args.ray:
+            results.append(bench_ray(root, args.ray, args.quick))
+            args.skip_224 = args.skip_memory = args.skip_64 = True
         n = 5 if args.quick else 10
-        results.append(bench_case(root, "demo-net-64px", ArchConfig(), n, 32, 3))
+        if not getattr(args, "skip_64", False):
+            results.append(bench_case(root, "demo-net-64px", ArchConfig(), n, 32, 3))
         if not args.skip_224:
             seed_arch = dataclasses.replace(ArchConfig(), input_size=224, widths=(64, 96, 128, 192, 256))
             results.append(bench_case(root, "seed-size-1.5M-224px", seed_arch, 3 if args.quick else 5, 8, 2))

@@ -4,7 +4,9 @@ from __future__ import annotations
 import streamlit as st
 
 from core.analysis import compare as C
+from core.render import compare_charts as CC
 from core.render import grids
+from core.run.images import fit_probe
 from core.run.runs import RunError
 from ui import cache, state, widgets
 from ui import cache_compare as cc
@@ -15,6 +17,7 @@ TILE_PX = 48
 st.title("Compare runs")
 state.read_query_params()
 state.route("compare")
+state.keep_run_param()  # the run chosen on the other pages stays in the link
 root = state.runs_root()
 infos = cache.runs_list(str(root))
 names = [i.name for i in infos if not i.error]
@@ -32,7 +35,7 @@ if wanted is None:
     q = st.query_params.get("runs")
     wanted = [n for n in q.split(",") if n] if q else []
     if not wanted:
-        cur = st.session_state.get("_p_run")
+        cur = state.current_run()
         wanted = [cur] if cur in names else []
         wanted += [n for n in names if n not in wanted][:2 - len(wanted)]
 wanted = [n for n in wanted if n in names][:MAX_RUNS]
@@ -91,7 +94,7 @@ maps = C.x_maps(results, histories, sizes)
 # ---- loss ----
 st.subheader("Loss")
 hist_all = C.stacked_history(histories)
-widgets.chart_with_export(cc.unsquash(C.loss_overlay(hist_all, order, x)), hist_all, "compare_loss")
+widgets.chart_with_export(cc.unsquash(CC.loss_overlay(hist_all, order, x)), hist_all, "compare_loss")
 
 # ---- one layer: std and dead channels ----
 st.subheader("One layer across runs")
@@ -105,11 +108,11 @@ else:
     dead = C.add_images_seen(cc.dead_fractions(key, layer, results), maps)
     a, b = st.columns(2)
     with a:
-        chart = C.overlay_chart(ls, "std", order, x, log=log, title=f"{layer}: std",
+        chart = CC.overlay_chart(ls, "std", order, x, log=log, title=f"{layer}: std",
                                 ytitle="std (mean over probes)", width=420)
         widgets.chart_with_export(cc.unsquash(chart), ls, "compare_std")
     with b:
-        chart = C.overlay_chart(dead, "frac_dead", order, x, title=f"{layer}: dead channels",
+        chart = CC.overlay_chart(dead, "frac_dead", order, x, title=f"{layer}: dead channels",
                                 ytitle="fraction of channels dead", width=420, percent=True)
         widgets.chart_with_export(cc.unsquash(chart), dead, "compare_dead")
     st.caption("Std is the layer's standard deviation averaged over each run's probe set. A channel is dead "
@@ -120,7 +123,7 @@ else:
 st.subheader("SE gate saturation")
 if match.shared_blocks:
     gs = C.add_images_seen(C.gate_saturation(results, match.shared_blocks), maps)
-    widgets.chart_with_export(C.gate_saturation_chart(gs, order, x), gs, "compare_gates")
+    widgets.chart_with_export(CC.gate_saturation_chart(gs, order, x), gs, "compare_gates")
 else:
     have = {r: len(res.se_blocks) for r, res in zip(order, results)}
     st.info("No SE block is shared by these runs (" + ", ".join(f"{r}: {n} blocks" for r, n in have.items())
@@ -162,7 +165,7 @@ if match.shared:
                 continue
             try:
                 ck = run.checkpoint(m)
-                pix = C.fit_probe(px[idx], run.manifest.input_shape)
+                pix = fit_probe(px[idx], run.manifest.input_shape)
                 ikey = f"compare:{src_name}:{idx}:{'x'.join(map(str, run.manifest.input_shape))}"
                 a = cache.image_layer(str(run.path), cache.arch_mtime(run), cache.ckpt_key(ck), ikey, layer,
                                       state.trusted(run), _image=pix)

@@ -6,7 +6,7 @@ import streamlit as st
 
 from core.render import charts as C
 from core.run.runs import RunError
-from ui import cache, state, widgets
+from ui import cache, state, trajectory, widgets
 
 st.title("Activation dynamics")
 sel = state.sidebar("dynamics")
@@ -20,7 +20,7 @@ res = widgets.probe_set_statistics(sel, "dynamics")
 hist, _ = cache.history(sel.path, cache.dir_stamp(sel.run.path))
 m = sel.run.manifest
 x_, y_ = cache.probe_set(sel.path, cache.probes_mtime(sel.run))
-probe_labels = {i: state._probe_label(i, y_, m.class_names) for i in range(len(res.probe_ids))}
+probe_labels = {i: state.probe_label(i, y_, m.class_names) for i in range(len(res.probe_ids))}
 
 c1, c2, c3 = st.columns([1.2, 1, 2.5])
 with c1:
@@ -71,6 +71,7 @@ st.subheader(f"{layer}: range and spread over training")
 st.caption("Left axis: min, max and mean of the layer's activations for each image; right axis (orange): "
            "their std. Below: the training loss on the same x axis.")
 widgets.chart("dyn_layer", (*base, tuple(chosen), sel.image.key if img_res is not None else None), layer_chart)
+trajectory.distributions_view(sel, eng, layer, chosen, probe_labels, hist, x)
 
 st.subheader(f"{layer}: every channel over training")
 h1, h2 = st.columns([1, 2])

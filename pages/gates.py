@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from core.render import charts as C
-from ui import cache, state, widgets
+from ui import cache, state, trajectory, widgets
 
 st.title("Squeeze-and-excitation gates")
 sel = state.sidebar("gates")
@@ -91,7 +91,7 @@ def hidden():
 widgets.chart("gates_hidden", base, hidden)
 
 st.subheader("Per-channel gates over training")
-b = st.selectbox("SE block", blocks, **state.kept("gates_block", blocks[0], blocks))
+b = st.selectbox("SE block", blocks, **state.kept("gates_block", blocks[0], blocks, url="block"))
 st.caption("Mean over the probe set of each channel's gate; hover a line to see its channel.")
 
 
@@ -117,3 +117,5 @@ def product():
 
 
 widgets.chart("gates_product", base, product)
+
+trajectory.se_scale_view(sel, eng, res, hist, x)

@@ -5,7 +5,7 @@ import streamlit as st
 
 from core.render import grids
 from core.run.runs import RunError
-from ui import cache, state, widgets
+from ui import cache, grid_cache, state, trajectory, widgets
 
 SCALES = {"layer": "per layer (this checkpoint)", "channel": "per channel",
           "fixed": "fixed (all checkpoints)"}
@@ -20,7 +20,7 @@ if sel is None or not sel.ckpts or sel.image is None:
 eng = state.engine(sel.run)
 if eng is None:
     st.stop()
-widgets.page_findings(sel, "grid")  # FINDINGS SPOT (only when the probe-set sweep is already done)
+widgets.page_findings(sel, "grid")  # only when the probe-set sweep is already done
 
 shapes = {t.name: tuple(int(d) for d in t.shape[1:] if d is not None) for t in eng.extractor.tappable}
 kinds = eng.tap_kinds()
@@ -33,18 +33,18 @@ def _fmt(name: str) -> str:
 
 c1, c2, c3, c4 = st.columns([2.2, 1.6, 1, 1])
 layer = state.select_layer(eng.taps, where=c1, format_func=_fmt)
-mode = c2.selectbox("Colour scale", list(SCALES), format_func=SCALES.get, **state.kept("grid_scale", "layer", SCALES),
+mode = c2.selectbox("Colour scale", list(SCALES), format_func=SCALES.get, **state.kept("grid_scale", "layer", SCALES, url="scale"),
                     help="Fixed uses the layer's min..max over every checkpoint for this image (computed "
                          "once): the mode that makes shrinking activations visible.")
-cmap = c3.selectbox("Colormap", list(grids.COLORMAPS), **state.kept("grid_cmap", "viridis", grids.COLORMAPS),
+cmap = c3.selectbox("Colormap", list(grids.COLORMAPS), **state.kept("grid_cmap", "viridis", grids.COLORMAPS, url="cmap"),
                     help="coolwarm is diverging: white is exactly 0, the scale is symmetric.")
-sort = c4.selectbox("Sort channels by", list(SORTS), format_func=SORTS.get, **state.kept("grid_sort", "index", SORTS))
+sort = c4.selectbox("Sort channels by", list(SORTS), format_func=SORTS.get, **state.kept("grid_sort", "index", SORTS, url="sort"))
 n_ch = grids.n_channels(shapes.get(layer, ()))
 
 d1, d2, d3, d4 = st.columns([1.4, 1, 1, 1.6])
 alpha = d1.slider("Overlay on the image", 0.0, 0.9, step=0.1, **state.kept("grid_alpha", 0.0),
                   help="Blend the probe image under every tile (0 = off).")
-size = d2.selectbox("Tile size", list(TILE_PX), **state.kept("grid_tile", "medium", TILE_PX))
+size = d2.selectbox("Tile size", list(TILE_PX), **state.kept("grid_tile", "medium", TILE_PX, url="tile"))
 per_page = d3.selectbox("Tiles per page", [16, 32, 64, 128], **state.kept("grid_per_page", 64, [16, 32, 64, 128]))
 pages = grids.n_pages(n_ch, per_page)
 page = d4.number_input(f"Page (of {pages})", 1, pages, disabled=pages == 1,
@@ -67,14 +67,14 @@ if mode == "fixed":
 
 head = st.container()  # what depends on the checkpoint is drawn by ``checkpoint_view`` below
 shown: dict = st.session_state.setdefault("grid_shown", {})  # the grid ``draw`` made last (the download's content)
-st.download_button("Download the grid (PNG)", data=lambda: cache.grid_png(**shown), mime="image/png",
+st.download_button("Download the grid (PNG)", data=lambda: grid_cache.grid_png(**shown), mime="image/png",
                    file_name=f"{sel.run.path.name}_{layer}.png".replace("/", "_"), on_click="ignore",
                    key="grid_download", help="The colour bar and the grid of the checkpoint shown, with labels.")
 st.subheader("One channel")
 v1, v2 = st.columns([1, 2])
 ch = int(v1.number_input("Channel", 0, max(n_ch - 1, 0), **state.kept("grid_channel", 0, range(max(n_ch, 1)))))
 view_box = v1.container()
-settings = (mode, cmap, fixed, sort, page, per_page, TILE_PX[size], alpha, ch)
+settings = grid_cache.GridSettings(mode, cmap, fixed, sort, page, per_page, TILE_PX[size], alpha, ch)
 
 
 def draw(ckpt) -> int | None:
@@ -100,11 +100,11 @@ def draw(ckpt) -> int | None:
     head.markdown(" · ".join(info))
     if n_nan:
         head.error(f"{n_nan} of {n} channels of {layer} hold NaN or Inf at mini-epoch {ckpt.mini_epoch}.")
-    lo, hi = cache.grid_scales(summary, settings)
+    lo, hi = grid_cache.grid_scales(summary, settings)
     caption = SCALES[mode] + ("" if fixed is None else f": {grids.fmt(fixed[0])} .. {grids.fmt(fixed[1])}")
-    widgets.html(cache.colorbar_html(*cache.bar_args(settings, lo, hi), caption=caption)  # one element
-                 + cache.grid_html(sel.path, key, ikey, layer, settings, _maps=maps, _base=sel.image.pixels,
-                                   _summary=summary), where=head)
+    widgets.html(grid_cache.colorbar_html(*grid_cache.bar_args(settings, lo, hi), caption=caption)  # one element
+                 + grid_cache.grid_html(sel.path, key, ikey, layer, settings, _maps=maps, _base=sel.image.pixels,
+                                        _summary=summary), where=head)
     title = f"{sel.run.path.name} | {layer} | mini-epoch {ckpt.mini_epoch} | {sel.image.label}"
     shown.update(maps=maps, settings=settings, base=sel.image.pixels, summary=summary, title=title.replace("·", "-"))
     c = min(ch, n - 1)
@@ -113,9 +113,9 @@ def draw(ckpt) -> int | None:
         f"mean {grids.fmt(summary['mean'][c])} · std {grids.fmt(summary['std'][c])}"
         + (f"  \n:red[{int(summary['n_nonfinite'][c])} NaN/Inf values]" if summary["n_nonfinite"][c] else "")
         + ("  \nall zero" if summary["all_zero"][c] else ""))
-    widgets.html(cache.channel_view_html(sel.path, key, ikey, layer, c,
-                                         (float(lo[c]), float(hi[c]), cmap, VIEW_PX, alpha), _map=maps[c],
-                                         _base=sel.image.pixels), where=view_box)
+    widgets.html(grid_cache.channel_view_html(sel.path, key, ikey, layer, c,
+                                              (float(lo[c]), float(hi[c]), cmap, VIEW_PX, alpha), _map=maps[c],
+                                              _base=sel.image.pixels), where=view_box)
     return c
 
 
@@ -126,7 +126,7 @@ def checkpoint_view() -> None:
     viewed = draw(ckpt) if ckpt is not None else None
     state.scrub_widgets(sel)
     if viewed is not None:  # last, so this is drawn first: the next checkpoint's images, in the background
-        state.read_ahead_next(sel, cache.GridView(layer, settings, viewed, VIEW_PX))
+        state.read_ahead_next(sel, grid_cache.ShownGrid(layer, settings, viewed, VIEW_PX))
 
 
 checkpoint_view()
@@ -145,7 +145,7 @@ with v2:
             hist, _ = cache.history(sel.path, cache.dir_stamp(sel.run.path))
             x = state.x_axis()
 
-            def trajectory():
+            def trajectory_chart():
                 from core.render.charts import channel_trajectory, with_x
 
                 c = result.channels
@@ -154,6 +154,9 @@ with v2:
                 traj = with_x(traj, x, hist, sel.run.manifest.mini_epoch_images)
                 return channel_trajectory(traj, x=x, title=f"{layer} channel {ch} over training", width=520), traj
 
-            widgets.chart("grid_traj", (sel.path, sel.stamp, ikey, layer, ch, x), trajectory)
+            with st.spinner(f"Drawing channel {ch} of {layer} over {len(sel.ckpts)} checkpoints…"):
+                widgets.chart("grid_traj", (sel.path, sel.stamp, ikey, layer, ch, x), trajectory_chart)
         except RunError as e:
             st.warning(f"Trajectory unavailable: {e}")
+
+trajectory.filmstrip_view(sel, eng, layer, ch)

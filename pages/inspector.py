@@ -5,6 +5,7 @@ import numpy as np
 import streamlit as st
 
 from core.analysis import inspector as I
+from core.render import inspector_views as IV
 from core.run.runs import RunError
 from ui import cache, state, widgets
 from ui import cache_compare as cc
@@ -53,14 +54,14 @@ top = ranking.head(k)
 if top.empty:
     st.info(f"No statistics for {layer} #{channel} at mini-epoch {me}.")
 else:
-    tiles = I.probe_tiles(x_img[top["probe"].to_numpy()]) if len(x_img) else []
+    tiles = IV.probe_tiles(x_img[top["probe"].to_numpy()]) if len(x_img) else []
     if len(tiles):
         st.image([t for t in tiles], caption=[f"{r}. {label(int(p))} · {v:.3g}" for r, p, v in
                                               zip(top["rank"], top["probe"], top["value"])],
                  width=96, output_format="PNG")
     traj = I.rank_trajectories(channels, layer, channel, by)
     labels = {i: label(i) for i in range(n_probes)}
-    chart = I.rank_chart(traj, top["probe"].tolist(), labels, current=me)
+    chart = IV.rank_chart(traj, top["probe"].tolist(), labels, current=me)
     widgets.chart_with_export(cc.unsquash(chart), traj, "insp_ranks")
     stab = I.rank_stability(traj, k, me)
     if len(stab) > 1:
@@ -84,7 +85,7 @@ else:
         if kern is None:
             st.info(f"No {name} at mini-epoch {me}.")
         else:
-            widgets.png(I.filter_grid(kern, selected=picked), caption=f"{name} {tuple(kern.shape)} at mini-epoch "
+            widgets.png(IV.filter_grid(kern, selected=picked), caption=f"{name} {tuple(kern.shape)} at mini-epoch "
                         f"{me}: each filter min–max normalised")
     with f2:
         n_out = kernels[-1][1].shape[-1]
@@ -99,7 +100,7 @@ else:
         if len(kernels) > MAX_COLUMNS:
             idx = np.unique(np.linspace(0, len(kernels) - 1, MAX_COLUMNS).round().astype(int))
             shown = [kernels[i] for i in idx]
-        widgets.png(I.filter_evolution(shown, filters, scale=scale),
+        widgets.png(IV.filter_evolution(shown, filters, scale=scale),
                     caption="rows: filters; columns: mini-epochs" + (" (evenly spaced)" if shown is not kernels
                                                                       else ""))
 
@@ -119,7 +120,7 @@ else:
         acc = I.accuracy_of(table)
         st.caption(f"Probe-set accuracy at mini-epoch {me}: {acc:.0%} ({int(table['correct'].sum())} of "
                    f"{int((table['label'] >= 0).sum())}); loss = −log p(true class).")
-        st.image([t for t in I.probe_tiles(x_img[worst["probe"].to_numpy()])],
+        st.image([t for t in IV.probe_tiles(x_img[worst["probe"].to_numpy()])],
                  caption=[f"#{p} {t} → {pr} · p(true) {pt:.2f}" for p, t, pr, pt in
                           zip(worst["probe"], worst["label_name"], worst["pred_name"], worst["p_true"])],
                  width=96, output_format="PNG")

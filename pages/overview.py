@@ -4,7 +4,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core.render.charts import training_curves
-from ui import cache, state, widgets
+from ui import cache, diagnosis, model_options, state, widgets
 
 st.title("Overview")
 sel = state.sidebar("overview")
@@ -21,6 +21,7 @@ c1.metric("Checkpoints", len(sel.ckpts))
 c2.metric("Mini-epoch size", f"{m.mini_epoch_images:,} img")
 c3.metric("Input", f"{m.input_height}×{m.input_width}×{m.input_channels}")
 c4.metric("Classes", len(m.class_names) or "?")
+model_options.model_notes(run, sel.trust)
 
 findings_slot = st.container()  # filled last: the findings may need the sweep, the rest must not wait
 
@@ -50,4 +51,5 @@ except Exception as e:  # the page must stay usable without the model
         st.error(f"The architecture could not be loaded: {e}")
 
 with findings_slot:
-    widgets.page_findings(sel, "overview", compute=True)  # FINDINGS SPOT (all findings, once core.analysis.diagnose exists)
+    widgets.page_findings(sel, "overview", compute=True)  # all the run's findings
+    diagnosis.scale_changes(sel)

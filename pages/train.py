@@ -11,7 +11,7 @@ from core.render.charts import training_curves
 from core.training.models import ACTIVATIONS, ArchConfig
 from core.run.runs import MANIFEST, RunError, resolve_run_path
 from core.training.trainer import OPTIMIZERS, SCHEDULES, TrainConfig
-from ui import cache, state
+from ui import cache, state, widgets
 
 A, T = ArchConfig(), TrainConfig()
 
@@ -125,13 +125,23 @@ def _panel(run_dir: Path) -> jobs.JobStatus:
     """Progress, controls and loss curves of the run's job."""
     s = jobs.status(run_dir)
     st.subheader(f"Run {run_dir.name}: {s.state}")
-    st.progress(s.fraction, text=f"mini-epoch {s.mini_epoch} of {s.mini_epochs} · "
-                                 f"{s.images_done:,} / {s.images_total:,} images")
+    if s.state == "starting":  # no status from the trainer yet: say what it is doing
+        st.progress(0.0, text=f"starting: the training process imports TensorFlow, builds the model and "
+                              f"generates or reads the data set before mini-epoch 1 of {s.mini_epochs}…")
+    else:
+        st.progress(s.fraction, text=f"mini-epoch {s.mini_epoch} of {s.mini_epochs} · "
+                                     f"{s.images_done:,} / {s.images_total:,} images")
     c1, c2, c3, c4 = st.columns(4)
     c1.metric("State", s.state)
     c2.metric("Images/s", f"{s.images_per_s:,.0f}" if s.images_per_s else "–")
-    c3.metric("ETA", _duration(s.eta_s) if s.active else "–")
+    # the first mini-epoch's rate includes building the training step: no ETA from it
+    c3.metric("ETA", _duration(s.eta_s) if s.active and s.mini_epoch >= 1 else "–")
     c4.metric("Elapsed", _duration(s.elapsed_s))
+    if s.state == "cancelled" and s.images_done:
+        st.info(f"Cancelled after {s.images_done:,} images (mini-epoch {s.mini_epoch} of {s.mini_epochs} "
+                f"and {s.images_done - s.mini_epoch * per_me:,} images more). Resume continues after the last "
+                f"complete checkpoint, mini-epoch {jobs.complete_mini_epochs(run_dir)}."
+                if (per_me := s.images_total // max(1, s.mini_epochs)) else "Cancelled.")
     if s.state in ("failed", "died"):
         st.error(s.error or "the training failed")
         with st.expander("End of the training log"):
@@ -140,8 +150,14 @@ def _panel(run_dir: Path) -> jobs.JobStatus:
     if b1.button("Cancel", key="train_cancel", disabled=not s.alive,
                  help="stop after the current batch; the last complete checkpoint stays"):
         if jobs.cancel(run_dir):
-            st.toast("Cancel requested: the training stops after the current batch.")
-    total = b3.number_input("Mini-epochs in total", 1, 10_000, max(1, s.mini_epochs), key="train_resume_total")
+            now = jobs.status(run_dir)  # the count drawn above may be 2 s old: say where it is now
+            st.toast(f"Cancel requested at mini-epoch {now.mini_epoch} · {now.images_done:,} images: "
+                     "the training stops after the current batch.")
+    # One widget per run: a value typed for another run must not carry over to this one.
+    total = b3.number_input("Mini-epochs in total", 1, 10_000, max(1, s.mini_epochs),
+                            key=f"train_resume_total:{run_dir.name}",
+                            help="Resume trains up to this many mini-epochs in total; it must be more than "
+                                 "the complete ones.")
     if b2.button("Resume", key="train_resume", disabled=s.alive or not (s.can_resume or total > s.mini_epochs),
                  help="continue after the last complete checkpoint"):
         try:
@@ -152,7 +168,7 @@ def _panel(run_dir: Path) -> jobs.JobStatus:
             st.rerun()  # follow it live
     if (run_dir / MANIFEST).exists():
         hist, _ = cache.history(str(run_dir), cache.dir_stamp(run_dir))
-        st.altair_chart(training_curves(hist), width="content")
+        st.vega_lite_chart(widgets.padded(training_curves(hist).to_dict()), width="content")
     return s
 
 
@@ -166,7 +182,13 @@ def _live(run_dir: Path) -> None:
 st.title("Train")
 state.read_query_params()
 state.route("train")  # also leaves Streamlit's pages-folder mode when /train is a fresh server's first URL
+state.keep_run_param()  # the run chosen on the other pages stays in the link
 root = state.runs_root()
+if isinstance(root, str):  # a URL: runs on object storage are read-only here (docs/distributed.md)
+    st.info(f"The runs root `{root}` is on object storage, which this page does not train into. Train with "
+            "`python -m core train NAME --runs-root data/runs`, or record a run there from your own script "
+            "with `RunRecorder(\"s3://...\")`.")
+    st.stop()
 data_root = jobs.data_root_from_env()
 st.caption(f"Runs are written under `{root}`; training runs in its own process, one at a time, and keeps "
            "going if this page is closed.")

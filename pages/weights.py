@@ -31,8 +31,23 @@ if int(res.extras["n_nan_weights"].sum() if len(res.extras) else 0):
     bad = res.extras[res.extras["n_nan_weights"] > 0]["mini_epoch"].tolist()
     st.error(f"NaN weights from mini-epoch {bad[0]} on ({len(bad)} checkpoints).")
 
-base = (sel.path, sel.stamp, cache.dir_stamp(sel.run.path), x, log)
-depth = [layer.name for layer in eng.model.layers]  # architecture order: the colour order of many-layer charts
+depth = eng.weight_layer_order()  # architecture order: the colour order of many-layer charts
+var_layers = set(C.weights_by_layer(w, var)["layer"]) if len(w) else set()
+f1, f2 = st.columns([4, 1])
+top = int(f2.number_input("Top N layers", 1, 500, C.MAX_LEGEND, key="w_w_top",
+                          help="With no layer chosen: the N layers with the largest value at the last checkpoint. "
+                               f"Up to {C.MAX_LEGEND} lines get a legend."))
+chosen = f1.multiselect("Layers", [l for l in depth if l in var_layers] or sorted(var_layers), key=f"w_w_layers:{var}",
+                        placeholder=f"the top {top} of {len(var_layers)} layers")
+base = (sel.path, sel.stamp, cache.dir_stamp(sel.run.path), x, log, tuple(chosen), top)
+
+
+def shown(d, metric: str):
+    """The chosen layers, else the top N of ``metric``."""
+    if not len(d):
+        return d
+    return d[d["layer"].isin(chosen)] if chosen else C.top_series(d, "layer", metric, top)
+
 bs = int(m.training.get("batch_size") or 0)
 steps = mie // bs if bs and mie else 0
 
@@ -42,12 +57,12 @@ def weight_chart(metric: str, per_step: bool = False):
     if per_step and steps and len(d):
         d = d.assign(update_ratio=d["update_ratio"] / steps)
     cols = ["layer", "mini_epoch", metric] + (["images_seen"] if x == "images_seen" else [])
-    d = d[cols] if len(d) else d
+    d = shown(d[cols], metric) if len(d) else d
     return C.lines_by(d, metric, "layer", x=x, log=log, ytitle=C.WEIGHT_METRICS[metric], height=260, sort=depth), d
 
 
-st.caption("Charts with many layers colour them by depth (light = near the input, dark = deep); hover a line "
-           "to see its layer.")
+st.caption(f"Charts with more than {C.MAX_LEGEND} layers colour them by depth (light = near the input, "
+           "dark = deep); hover a line to see its layer. Choose layers or the top N above for a legend.")
 st.subheader("Weight norm")
 widgets.chart("w_norm", (*base, var), lambda: weight_chart("norm"))
 st.subheader("Distance from initialisation")
@@ -64,7 +79,7 @@ st.subheader("Gradient norms (labelled probe set)")
 
 def grads():
     g = res.grads
-    g = C.with_x(g.assign(layer=g["layer"].astype(str)) if len(g) else g, x, hist, mie)
+    g = shown(C.with_x(g.assign(layer=g["layer"].astype(str)) if len(g) else g, x, hist, mie), "grad_norm")
     return C.lines_by(g, "grad_norm", "layer", x=x, log=log, ytitle="‖∂loss/∂W‖", height=260, sort=depth), g
 
 
@@ -78,8 +93,9 @@ else:
         d = getattr(res, table)
         d = C.with_x(d.assign(layer=d["layer"].astype(str)), x, hist, mie)
         d = d[["layer", "mini_epoch", col] + (["images_seen"] if x == "images_seen" else [])]
+        d = shown(d, col)
         return C.lines_by(d, col, "layer", x=x, log=lg, ytitle=title, width=420, height=200, legend=legend,
-                          sort=depth), d
+                          sort=depth, legend_orient="bottom"), d
 
     specs = [("batchnorm", "gamma_mean", "mean γ", False), ("batchnorm", "frac_gamma_near_zero", "fraction |γ| < 1e-3", False),
              ("batchnorm", "moving_variance_mean", "mean moving variance", log),

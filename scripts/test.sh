@@ -15,6 +15,19 @@ if ! command -v chromium >/dev/null 2>&1; then
   fi
 fi
 
+# CI also installs the optional extras (object storage, Ray: ~2 min, ~560 MB) so their tests run
+# (tests/cloud); elsewhere they run when `make cloud` installed them, and are skipped otherwise.
+if [ "${CI:-}" = "true" ] && [ -f requirements-cloud.txt ]; then
+  echo ">> installing the cloud extras for tests/cloud (requirements-cloud.txt)"
+  "$PY" -m pip install --disable-pip-version-check -q -r requirements-cloud.txt \
+    || echo ">> could not install the cloud extras: tests/cloud will be skipped (see their skip reasons)"
+fi
+
+# The layer contract (pyproject.toml [tool.importlinter]) is checked before any test runs.
+# (lint-imports is import-linter's console script; calling its entry point keeps it on the same $PY.)
+"$PY" -c "import sys; from importlinter.cli import lint_imports_command; sys.argv[0] = 'lint-imports'; sys.exit(lint_imports_command())" --no-cache \
+  || { echo "the layer contract is broken or lint-imports is missing (see above): fix the imports, or install it with $PY -m pip install -r requirements.txt" >&2; exit 1; }
+
 "$PY" -m pytest "$@"
 rc=$?
 if [ $rc -eq 5 ]; then

@@ -10,6 +10,10 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 SHARED_TESTDATA = Path(__file__).resolve().parents[1].parent / "shared" / "testdata"
+#: The photos the app offers, shipped in the repository (data/photos/README.md): tests that need a real
+#: photo read them from there and fail when one is missing.
+BUILTIN_PHOTOS = Path(__file__).resolve().parents[1] / "data" / "photos"
+PHOTO_NAMES = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg")
 
 
 @pytest.fixture(scope="session")

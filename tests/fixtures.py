@@ -1,7 +1,20 @@
-"""Tiny seeded runs shared by the tests (real Keras models and checkpoints, a few seconds each)."""
+"""Tiny seeded runs shared by the tests (real Keras models and checkpoints, a few seconds each).
+
+A trained fixture run is kept in a cache folder keyed by its content: the training config, the
+source of the code that trains and writes runs (core/training, core/run) and the library
+versions. A later session (or a second test asking for the same run) copies it instead of
+training again; any change to that code trains afresh. ``ADE_TEST_RUN_CACHE`` sets the folder
+(default ``~/.cache/ade/test-runs``); ``off`` trains every time.
+"""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +29,58 @@ TINY_TRAIN = TrainConfig(arch=TINY_ARCH, train_images=256, val_images=32, probe_
                          mini_epoch_images=128, mini_epochs=3, learning_rate=3e-3, seed=0)
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
 def make_tiny_run(root: Path, name: str, *, arch: dict | None = None, **train_kw) -> Run:
-    """Train the tiny network for a few mini-epochs into ``root/name``."""
+    """The tiny network trained for a few mini-epochs, in ``root/name`` (from the cache when it has it)."""
     cfg = dataclasses.replace(TINY_TRAIN, arch=dataclasses.replace(TINY_ARCH, **(arch or {})), **train_kw)
-    return train(cfg, Path(root) / name)
+    dst = Path(root) / name
+    cache = os.environ.get("ADE_TEST_RUN_CACHE", str(Path.home() / ".cache" / "ade" / "test-runs"))
+    if cache == "off":
+        return train(cfg, dst)
+    shutil.copytree(_trained(Path(cache), name, cfg), dst, ignore=shutil.ignore_patterns("cache"))
+    return Run(dst)
+
+
+def _trained(cache: Path, name: str, cfg: TrainConfig) -> Path:
+    """``cache/<key>/<name>``: trained once for this content; concurrent sessions race harmlessly."""
+    entry = cache / _content_key(name, cfg)
+    if not (entry / name / "history.csv").exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=cache))
+        try:
+            train(cfg, tmp / name)
+            try:
+                os.rename(tmp, entry)  # atomic: readers see a whole entry or none
+            except OSError:  # another session stored it first (or a torn entry is in the way)
+                if not (entry / name / "history.csv").exists():
+                    shutil.rmtree(entry, ignore_errors=True)
+                    os.rename(tmp, entry)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return entry / name
+
+
+def _content_key(name: str, cfg: TrainConfig) -> str:
+    h = hashlib.sha256(json.dumps([name, cfg.to_dict(), _versions()], sort_keys=True).encode())
+    h.update(_producer_digest().encode())
+    return h.hexdigest()[:24]
+
+
+@lru_cache(maxsize=1)
+def _producer_digest() -> str:
+    h = hashlib.sha256()
+    for p in sorted([*(REPO / "core" / "training").glob("*.py"), *(REPO / "core" / "run").glob("*.py")]):
+        h.update(p.name.encode() + b"\0" + p.read_bytes())
+    return h.hexdigest()
+
+
+def _versions() -> list[str]:
+    import keras
+    import tensorflow as tf
+
+    return [np.__version__, tf.__version__, keras.__version__]
 
 
 def inject_nan(run: Run, from_mini_epoch: int, variable: str | None = None) -> str:

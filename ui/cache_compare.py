@@ -16,7 +16,6 @@ def unsquash(chart: Any) -> Any:
 
     With the Streamlit theme a single view is autosized to fit its ``height`` *including*
     title, legend and axes (a 220 px line chart keeps ~70 px of plot); concatenations are not.
-    Belongs in ``ui/widgets.chart_with_export`` (see the report to the lead).
     """
     import altair as alt
 

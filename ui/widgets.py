@@ -10,7 +10,6 @@ import streamlit as st
 
 from ui import cache
 
-SEVERITY_BOX = {"problem": "error", "critical": "error", "error": "error", "warning": "warning"}
 PAGE_TITLES = {"overview": "Overview", "grid": "Channel grid", "dynamics": "Dynamics", "gates": "SE gates",
                "weights": "Weights", "train": "Train"}
 
@@ -32,10 +31,25 @@ def chart_svg(chart: Any) -> str:
     return vlc.vegalite_to_svg(chart.to_json())
 
 
+#: Vega-Lite's "fit" sizing works for single and layered views only; Streamlit asks for it on others too
+#: (the browser console then warns). Compositions keep their natural size.
+PAD = {"type": "pad", "contains": "padding"}
+COMPOSITIONS = ("hconcat", "vconcat", "concat", "facet")
+
+
+def padded(spec: dict) -> dict:
+    """``spec`` with ``autosize`` pad when it is a composition (concat, facet) that sets none."""
+    return {**spec, "autosize": PAD} if "autosize" not in spec and any(k in spec for k in COMPOSITIONS) else spec
+
+
 def chart_with_export(chart: Any, df: pd.DataFrame | None, key: str, *, where: Any = None,
                       stretch: bool = False) -> None:
     """Show an Altair chart with an Export popover: PNG, SVG (rendered only when clicked) and the table as CSV."""
     where = where if where is not None else st
+    import altair as alt
+
+    if isinstance(chart, (alt.HConcatChart, alt.VConcatChart, alt.ConcatChart, alt.FacetChart)):
+        chart = chart.properties(autosize=alt.AutoSizeParams(**PAD))
     where.altair_chart(chart, width="stretch" if stretch else "content", key=f"chart_{key}")
     name = _slug(key)
     with where.popover("Export", icon=":material/download:"):
@@ -56,7 +70,7 @@ def chart(key: str, deps: tuple, build: Callable[[], tuple[Any, pd.DataFrame]], 
     and CSV are produced only when their download button is clicked.
     """
     where = where if where is not None else st
-    spec = cache.chart_spec(key, deps, build)
+    spec = padded(cache.chart_spec(key, deps, build))
     where.vega_lite_chart(spec=spec, width="stretch" if stretch else "content", key=f"chart_{key}")
     name = _slug(key)
 
@@ -87,7 +101,7 @@ def png(pixels: np.ndarray, *, caption: str | None = None, where: Any = None, wi
 
 
 class _AsIs:
-    """HTML that ``st.html`` takes as is: it dedents a plain string first (``textwrap``, ~9 ms per MB)."""
+    """HTML that ``st.html`` takes as is: it dedents a plain string first (``textwrap``, slow on megabytes)."""
 
     def __init__(self, body: str) -> None:
         self.body = body
@@ -101,72 +115,14 @@ def html(body: str, *, where: Any = None) -> None:
     (where if where is not None else st).html(_AsIs(body))
 
 
-# ---- findings (core.analysis.diagnose, written separately) ---------------------------------------------------
-
-
-def _get(f: Any, name: str, default: Any = None) -> Any:
-    return f.get(name, default) if isinstance(f, dict) else getattr(f, name, default)
-
-
-def findings_for_page(findings: Sequence[Any], page: str) -> list[Any]:
-    """The findings to list on ``page``: all of them on the overview, else those whose ``page`` matches."""
-    if page == "overview":
-        return list(findings)
-    return [f for f in findings if _get(f, "page") == page]
-
-
-def _evidence(ev: Any) -> str:
-    """Evidence as short text: numbers with 3 significant digits, missing values left out."""
-    if isinstance(ev, str) or not isinstance(ev, dict):
-        return str(ev)
-    out = []
-    for k, v in ev.items():
-        if isinstance(v, float):
-            if not np.isfinite(v):
-                continue
-            v = f"{v:.3g}"
-        out.append(f"{k.replace('_', ' ')} {v}")
-    return ", ".join(out)
+# ---- findings (core.analysis.diagnose) ---------------------------------------------------------------------
 
 
 def findings_panel(findings: Sequence[Any] | None, page: str) -> None:
-    """FINDINGS SPOT: list ``core.analysis.diagnose`` findings for this page; renders nothing when there are none.
+    """The findings of this page with their "Why?" and a button to the view showing each (``ui.diagnosis``)."""
+    from ui import diagnosis
 
-    One compact line per finding (severity badge, kind, first mini-epoch, message, evidence) and a
-    button that opens the page, layer and checkpoint where it shows. Expanded on the overview,
-    collapsed elsewhere so the page's own content stays in view.
-    """
-    from ui import state
-
-    rows = findings_for_page(findings or [], page)
-    if not rows:
-        return
-    sev = [str(_get(f, "severity", "info")).lower() for f in rows]
-    counts = {k: sum(s in keys for s in sev) for k, keys in
-              (("problem", ("problem", "critical", "error")), ("warning", ("warning",)))}
-    summary = ", ".join(f"{n} {k}{'s' if n != 1 else ''}" for k, n in counts.items() if n)
-    label = f"Findings for this {'run' if page == 'overview' else 'page'}: {len(rows)}" + (f" ({summary})" if summary else "")
-    with st.expander(label, expanded=page == "overview", icon=":material/troubleshoot:"), \
-            st.container(height=460 if len(rows) > 5 else "content", border=False):  # long lists scroll
-        for i, f in enumerate(rows):
-            badge = {"error": "red", "warning": "orange"}.get(SEVERITY_BOX.get(sev[i], "info"), "blue")
-            kind = str(_get(f, "kind", "finding")).replace("_", " ")
-            me = _get(f, "mini_epoch")
-            when = f" · from mini-epoch {me}" if me is not None else ""
-            target = _get(f, "page")
-            c1, c2 = st.columns([8, 1], vertical_alignment="center")
-            c1.markdown(f":{badge}-badge[{sev[i]}] **{kind}**{when} — {_get(f, 'message', '')}")
-            ev = _get(f, "evidence")
-            if ev:
-                text = _evidence(ev)
-                c1.caption(text if len(text) <= 220 else text[:217] + "…")
-            if target in PAGE_TITLES:
-                ck = _get(f, "checkpoint", me)
-                lay = _get(f, "layer") or None
-                c2.button("Show", key=f"finding_{page}_{i}", on_click=state.goto, args=(target,),
-                          kwargs={"layer": lay, "ckpt": int(ck) if ck is not None else None},
-                          help=f"Open {PAGE_TITLES[target]}" + (f" at layer {lay}" if lay else "")
-                               + (f", mini-epoch {int(ck)}" if ck is not None else ""))
+    diagnosis.findings_panel(findings, page)
 
 
 def probe_set_statistics(sel: Any, page: str) -> Any:
@@ -179,7 +135,7 @@ def probe_set_statistics(sel: Any, page: str) -> Any:
         st.error(f"The statistics could not be computed: {e}")
         st.stop()
     sweep_problems(res, sel.run)
-    page_findings(sel, page, compute=True)  # FINDINGS SPOT
+    page_findings(sel, page, compute=True)
     return res
 
 
@@ -191,15 +147,15 @@ def sweep_problems(result: Any, run: Any) -> None:
 
 
 def page_findings(sel: Any, page: str, *, compute: bool = False) -> None:
-    """Findings for this page when ``core.analysis.diagnose`` exists; ``compute`` allows running the probe-set sweep.
+    """The findings of this page; ``compute`` allows running the probe-set sweep.
 
     Without ``compute`` (pages that do not need the sweep) findings show only once the
     sweep is already done in this process.
     """
-    if sel is None or not cache.diagnose_available():
+    if sel is None:
         return
     try:
-        pk = cache._probe_key(sel.run)
+        pk = cache.probe_key(sel.run)
         if not compute and not cache.is_swept(sel.path, sel.stamp, pk, sel.trust, "probes"):
             return
         res = cache.swept(sel.run, sel.stamp, sel.trust, label="Statistics for the findings")

@@ -5,11 +5,10 @@ import math
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-import altair as alt
 import numpy as np
 import pandas as pd
 
-from core.render.charts import X_FIELDS, placeholder, x_map
+from core.analysis.axes import X_FIELDS, x_map
 
 #: Statistics compared by ``biggest_differences`` and how each is scored.
 STATISTICS = {"std": "layer std (mean over probes)", "frac_dead": "dead-channel fraction",
@@ -18,7 +17,6 @@ STATISTICS = {"std": "layer std (mean over probes)", "frac_dead": "dead-channel 
 FRACTION_WEIGHT = 2.0
 #: Floor under std values before taking ratios (a dead layer's std of 0 must not give an infinite ratio).
 STD_FLOOR = 1e-8
-WIDTH, HEIGHT = 560, 220
 
 
 @dataclass(frozen=True)
@@ -167,33 +165,30 @@ def layer_series(results: Sequence, layers: Sequence[str] | None = None,
 
 
 def dead_fractions(results: Sequence, layers: Sequence[str] | None = None) -> pd.DataFrame:
-    """Per run, mini-epoch and layer: channels that are exactly zero on every probe image.
+    """Per run, mini-epoch and layer: dead channels (:func:`core.analysis.stats.dead_channels`: the channel's
+    maximum is <= 0 on every probe image, i.e. a ReLU output that is zero everywhere).
 
-    A channel is dead at a checkpoint when its ``frac_zero`` is 1 for every probe of the
-    run (it never fires). Returns run, mini_epoch, layer, n_channels, n_dead, frac_dead.
+    Returns run, mini_epoch, layer, n_channels, n_dead, frac_dead.
     """
+    from core.analysis.stats import dead_channels
+
     cols = ["run", "mini_epoch", "layer", "n_channels", "n_dead", "frac_dead"]
     parts = []
     for r in results:
         ch = r.tables.get("channels")
         if ch is None or ch.empty:
             continue
-        d = ch[["mini_epoch", "layer", "channel", "frac_zero"]]
-        d = _str_cols(d, ["layer"])
+        d = _str_cols(ch[["mini_epoch", "probe", "layer", "channel", "max"]], ["layer"])
         if layers is not None:
             d = d[d["layer"].isin(set(layers))]
-        dead = (d["frac_zero"] >= 1.0).groupby([d["mini_epoch"], d["layer"], d["channel"]], observed=True).all()
-        g = dead.groupby(level=[0, 1], observed=True).agg(["size", "sum"]).reset_index()
-        g.columns = ["mini_epoch", "layer", "n_channels", "n_dead"]
-        g.insert(0, "run", str(r.run))
-        parts.append(g)
+        if d.empty:
+            continue
+        parts.append(dead_channels(d).assign(run=str(r.run)))
     if not parts:
         return pd.DataFrame(columns=cols)
     out = pd.concat(parts, ignore_index=True)
-    out["n_channels"] = out["n_channels"].astype("int64")
-    out["n_dead"] = out["n_dead"].astype("int64")
+    out["layer"] = out["layer"].astype(str)
     out["mini_epoch"] = out["mini_epoch"].astype("int64")
-    out["frac_dead"] = out["n_dead"] / out["n_channels"]
     return out[cols]
 
 
@@ -359,89 +354,6 @@ def match_checkpoints(maps: Mapping[str, pd.DataFrame], reference: str, mini_epo
 # charts (colour = run, in the order the runs were picked)
 
 
-#: Run colours, in the order the runs were picked (distinct hues, unlike a theme's shades of one colour).
-RUN_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f")
-
-
-def _run_color(runs: Sequence[str]) -> alt.Color:
-    runs = list(runs)
-    rng = [RUN_COLOURS[i % len(RUN_COLOURS)] for i in range(len(runs))]
-    return alt.Color("run:N", title="run", scale=alt.Scale(domain=runs, range=rng), legend=alt.Legend(orient="top"))
-
-
-def _xenc(x: str) -> alt.X:
-    return alt.X(f"{x}:Q", title=X_FIELDS[x], axis=alt.Axis(format="~s") if x == "images_seen" else alt.Axis())
-
-
-def overlay_chart(df: pd.DataFrame, y: str, runs: Sequence[str], x: str = "mini_epoch", log: bool = False,
-                  title: str = "", ytitle: str | None = None, width: int = WIDTH, height: int = HEIGHT,
-                  percent: bool = False) -> alt.Chart:
-    """One line per run of column ``y`` over checkpoints (df: run, mini_epoch[, images_seen], y)."""
-    if df is None or df.empty or y not in df:
-        return placeholder(f"No {ytitle or y} to compare.", width=width)
-    d = df[np.isfinite(df[y].astype(float))]
-    if log:
-        d = d[d[y] > 0]
-    if x == "images_seen":
-        d = d[d["images_seen"].notna()]
-    if d.empty:
-        return placeholder(f"No finite{' positive' if log else ''} values of {ytitle or y}.", width=width)
-    d = d[["run", "mini_epoch", y] + (["images_seen"] if x == "images_seen" else [])]
-    yscale = alt.Scale(type="log") if log else (alt.Scale(domain=[0, 1]) if percent else alt.Scale(zero=False))
-    return alt.Chart(d).mark_line(point=alt.OverlayMarkDef(size=22)).encode(
-        x=_xenc(x), y=alt.Y(f"{y}:Q", title=ytitle or y, scale=yscale,
-                           axis=alt.Axis(format="%") if percent else alt.Axis()),
-        color=_run_color(runs),
-        tooltip=[alt.Tooltip("run:N"), alt.Tooltip("mini_epoch:Q", title="mini-epoch"),
-                 *([alt.Tooltip("images_seen:Q", title="images seen", format=",")] if x == "images_seen" else []),
-                 alt.Tooltip(f"{y}:Q", format=".4g")],
-    ).properties(width=width, height=height, **({"title": title} if title else {}))
-
-
-def loss_overlay(history: pd.DataFrame, runs: Sequence[str], x: str = "mini_epoch", width: int = WIDTH,
-                 height: int = HEIGHT) -> alt.Chart:
-    """Training loss (solid) and validation loss (dashed) of every run (history stacked with a run column)."""
-    if history is None or history.empty or "loss" not in history:
-        return placeholder("No training history to compare.", width=width)
-    vals = [c for c in ("loss", "val_loss") if c in history and history[c].notna().any()]
-    keep = ["run", "mini_epoch"] + (["images_seen"] if x == "images_seen" and "images_seen" in history else [])
-    if x == "images_seen" and "images_seen" not in history:
-        return placeholder("The histories have no images_seen column.", width=width)
-    long = history[keep + vals].melt(id_vars=keep, value_vars=vals, var_name="series",
-                                     value_name="value").dropna(subset=["value"])
-    if long.empty:
-        return placeholder("No loss recorded.", width=width)
-    return alt.Chart(long).mark_line(point=alt.OverlayMarkDef(size=18)).encode(
-        x=_xenc(x), y=alt.Y("value:Q", title="loss", scale=alt.Scale(zero=False)),
-        color=_run_color(runs),
-        strokeDash=alt.StrokeDash("series:N", title=None, legend=alt.Legend(symbolType="stroke"),
-                                  scale=alt.Scale(domain=["loss", "val_loss"], range=[[1, 0], [5, 3]])),
-        tooltip=[alt.Tooltip("run:N"), alt.Tooltip("series:N"), alt.Tooltip("mini_epoch:Q", title="mini-epoch"),
-                 alt.Tooltip("value:Q", format=".4g")],
-    ).properties(width=width, height=height, title="training (solid) and validation (dashed) loss")
-
-
-def gate_saturation_chart(df: pd.DataFrame, runs: Sequence[str], x: str = "mini_epoch", width: int = 260,
-                          height: int = 160, columns: int = 3) -> alt.Chart:
-    """Per shared SE block: fraction of gates off (< 0.05, solid) and open (> 0.95, dashed), one colour per run."""
-    if df is None or df.empty:
-        return placeholder("No SE blocks shared by these runs.", width=width * 2)
-    keys = ["run", "block", "mini_epoch"] + (["images_seen"] if x == "images_seen" else [])
-    long = df[keys + ["frac_low", "frac_high"]].melt(id_vars=keys, var_name="measure", value_name="fraction")
-    long["measure"] = long["measure"].map({"frac_low": "off (< 0.05)", "frac_high": "open (> 0.95)"})
-    blocks = list(dict.fromkeys(df["block"]))
-    return alt.Chart(long).mark_line(point=alt.OverlayMarkDef(size=16)).encode(
-        x=_xenc(x), y=alt.Y("fraction:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%"),
-                           title="fraction of gates"),
-        color=_run_color(runs),
-        strokeDash=alt.StrokeDash("measure:N", title=None, legend=alt.Legend(symbolType="stroke"),
-                                  scale=alt.Scale(domain=["off (< 0.05)", "open (> 0.95)"], range=[[1, 0], [5, 3]])),
-        tooltip=[alt.Tooltip("run:N"), alt.Tooltip("block:N"), alt.Tooltip("measure:N"),
-                 alt.Tooltip("mini_epoch:Q", title="mini-epoch"), alt.Tooltip("fraction:Q", format=".1%")],
-    ).properties(width=width, height=height).facet(
-        facet=alt.Facet("block:N", title=None, sort=blocks), columns=columns)
-
-
 def differences_display(diff: pd.DataFrame) -> pd.DataFrame:
     """The ``biggest_differences`` table with readable statistic names and rounded numbers (for tables)."""
     if diff.empty:
@@ -449,22 +361,6 @@ def differences_display(diff: pd.DataFrame) -> pd.DataFrame:
     d = diff.copy()
     d["statistic"] = d["statistic"].map(lambda s: STATISTICS.get(s, s))
     return d
-
-
-def fit_probe(image: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
-    """uint8 (H, W, C) image -> uint8 (h, w, c) for another run's input ``shape`` (bilinear; grey = channel mean)."""
-    from core.render.grids import resize_rgb
-
-    h, w, c = shape
-    img = np.asarray(image, np.uint8)
-    if img.shape == (h, w, c):
-        return img
-    rgb = resize_rgb(img, h, w)
-    if c == 1:
-        return np.clip(rgb.astype(np.float32).mean(axis=-1, keepdims=True) + 0.5, 0, 255).astype(np.uint8)
-    if c != 3:
-        raise ValueError(f"cannot feed an RGB image to an input with {c} channels")
-    return rgb
 
 
 def shared_range(maps: Sequence[np.ndarray]) -> tuple[float, float] | None:

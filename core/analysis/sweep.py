@@ -1,45 +1,207 @@
-"""Sweep: every checkpoint x every tap x a probe set -> tidy tables, streamed and cached as Parquet."""
+"""Sweep: every checkpoint x every tap x a probe set -> tidy tables, streamed and cached as Parquet.
+
+Memory is flat in the number of checkpoints: each checkpoint's tables go to the run's cache
+as soon as they are computed and the result reads a table back from there when it is first
+asked for (``SweepResult.tables``); a cached checkpoint is checked, not read. Only when the
+cache cannot be written are tables kept in memory.
+"""
 from __future__ import annotations
 
 import hashlib
 import json
-import math
+import os
 import threading
 import time
+import uuid
+from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from core.analysis import stats as S
 from core.analysis import sweepcache
-from core.analysis import weightstats as W
-from core.engine.engine import ProbeSet, RunEngine, run_probe_set
-from core.engine.extract import Reduced
-from core.run.runs import Checkpoint, Run, RunError
-from core.analysis.sweepcache import (
-    CacheMiss, Columns, Part, SegmentCache, TableBuffer, concat_columns, rows_to_columns, to_frame,
+from core.analysis.sweepcache import CacheMiss, Columns, Part, SegmentCache, TableBuffer, concat_columns, to_frame
+from core.analysis.sweeptables import (  # noqa: F401 - re-exported: the sweep's public names
+    LOGIT_BINS, PROBE_BATCH, TABLES, WEIGHT_TABLES, SweepOptions, _Tables, _WeightChain, batch_mean_var,
+    output_tap, raw_taps, to_moments,
 )
+from core.engine.engine import ProbeSet, RunEngine, run_probe_set
+from core.run.runs import Checkpoint, Run, RunError
 
 #: Bump when the tables' content changes: old caches are then ignored.
-SWEEP_VERSION = 3
-#: Fixed logit bins (clipped into the end bins) so histograms line up across checkpoints.
-LOGIT_BINS = np.linspace(-12.0, 12.0, 49)
-TABLES = ("channels", "layers", "gates", "gate_hist", "gate_channels", "bn_batch", "extras", "grads")
-WEIGHT_TABLES = ("weights", "batchnorm")
+SWEEP_VERSION = 4
 
 Progress = Callable[[int, int, str], None]
 
 
-@dataclass(frozen=True)
-class SweepOptions:
-    """What a sweep computes beyond per-tap statistics (each costs about one more pass)."""
+#: Tables read back from sweep caches, shared by every result in this process, evicted least
+#: recently used first beyond this many bytes (``$ADE_TABLE_CACHE_MB``).
+TABLE_CACHE_BYTES = int(float(os.environ.get("ADE_TABLE_CACHE_MB", "768")) * 2 ** 20)
 
-    train_mode: bool = True  # probe-set loss/accuracy with BatchNorm in training mode
-    gradients: bool = True  # per-layer gradient norms on the labelled probes
-    weights: bool = True  # weight norms, update ratios, BatchNorm parameters
+
+class _TableLRU:
+    """Process-wide, size-limited cache of tables read back from sweep caches (thread-safe)."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[tuple, tuple[pd.DataFrame, int]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> pd.DataFrame | None:
+        with self._lock:
+            got = self._items.get(key)
+            if got is None:
+                return None
+            self._items.move_to_end(key)
+            return got[0]
+
+    def put(self, key: tuple, df: pd.DataFrame) -> None:
+        size = int(df.memory_usage(index=True, deep=False).sum())
+        with self._lock:
+            if key in self._items or size > self.max_bytes:
+                return
+            self._items[key] = (df, size)
+            self._bytes += size
+            while self._bytes > self.max_bytes:
+                _, (_, old) = self._items.popitem(last=False)
+                self._bytes -= old
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._bytes = 0
+
+
+_LRU = _TableLRU(TABLE_CACHE_BYTES)
+
+
+@dataclass(frozen=True)
+class _Recompute:
+    """Sweeps again without reading the cache (when its rows vanished after the sweep); picklable."""
+
+    run_path: str
+    probes: ProbeSet
+    options: SweepOptions
+    taps: tuple[str, ...]
+    mini_epochs: tuple[int, ...] | None
+
+    def __call__(self) -> "SweepResult":
+        return sweep(Run(self.run_path), self.probes, taps=list(self.taps), options=self.options,
+                     mini_epochs=self.mini_epochs, use_cache=False)
+
+
+@dataclass
+class _Entry:
+    """One checkpoint's tables of one kind ("me" activation, "w" weight): in the cache, or held (``tables``)."""
+
+    prefix: str
+    mini_epoch: int
+    identity: list
+    tables: dict[str, Columns] | None = None
+
+
+@dataclass(frozen=True)
+class _Source:
+    """Where a finished sweep's tables are: its cache folder and its checkpoints' entries (picklable)."""
+
+    root: Path | None
+    cats: Mapping[str, Mapping[str, Sequence[str]]]
+    entries: tuple[_Entry, ...]
+    recompute: _Recompute
+    token: str  # names this content in the shared table cache
+
+    def table(self, name: str, columns: Sequence[str] | None = None) -> pd.DataFrame:
+        """Every checkpoint's rows of table ``name`` (only ``columns``, if given), in sweep order.
+
+        Read back one segment at a time: the memory needed is the result plus one segment.
+        """
+        prefix = "w" if name in WEIGHT_TABLES else "me"
+        entries = [e for e in self.entries if e.prefix == prefix]
+        cache = SegmentCache(self.root, self.cats) if self.root is not None else None
+        buf = TableBuffer(len(entries))
+        try:
+            for e in entries:
+                cols = e.tables.get(name) if e.tables is not None else _from_cache(cache, e, name)
+                if cols and columns is not None:
+                    cols = {k: v for k, v in cols.items() if k in columns}
+                if cols:
+                    buf.add(name, cols)
+        except CacheMiss:
+            df = self.recompute().tables[name]
+            return df if columns is None else df[[c for c in columns if c in df]]
+        return _frame(buf.parts(name), self.cats.get(name, {}))
+
+
+def _from_cache(cache: SegmentCache | None, e: _Entry, name: str) -> Columns | None:
+    stamp = cache.valid(e.prefix, e.mini_epoch, e.identity) if cache is not None else None
+    if stamp is None:
+        raise CacheMiss(f"no stamp for mini-epoch {e.mini_epoch}")
+    return cache.rows(stamp, e.mini_epoch, name)
+
+
+class LazyTables(Mapping[str, pd.DataFrame]):
+    """A sweep's tables by name, read from its cache on first access; thread-safe and picklable.
+
+    A table read is kept by this object and in a process-wide cache of ``TABLE_CACHE_BYTES``
+    (evicted by use); a pickled copy (``st.cache_data`` makes one per hit) carries only where
+    the tables are, never their rows.
+    """
+
+    def __init__(self, names: Sequence[str], source: _Source):
+        self._names, self._source = tuple(names), source
+        self._got: dict[str, pd.DataFrame] = {}
+        self._lock = threading.Lock()
+
+    def __getitem__(self, name: str) -> pd.DataFrame:
+        if name not in self._names:
+            raise KeyError(name)
+        with self._lock:
+            if name not in self._got:
+                key = (self._source.token, name)
+                df = _LRU.get(key)
+                if df is None:
+                    df = self._source.table(name)
+                    _LRU.put(key, df)
+                self._got[name] = df
+            return self._got[name]
+
+    def columns(self, name: str, columns: Sequence[str]) -> pd.DataFrame:
+        """Only ``columns`` of table ``name``: reads (and keeps) far less than the whole table."""
+        if name not in self._names:
+            raise KeyError(name)
+        with self._lock:
+            if name in self._got:
+                df = self._got[name]
+                return df[[c for c in columns if c in df]]
+        key = (self._source.token, name, tuple(columns))
+        df = _LRU.get(key)
+        if df is None:
+            df = self._source.table(name, columns)
+            _LRU.put(key, df)
+        return df
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __contains__(self, name: object) -> bool:  # Mapping's default would read the table
+        return name in self._names
+
+    def loaded(self) -> tuple[str, ...]:
+        """Names of the tables this object holds in full."""
+        return tuple(self._got)
+
+    def __getstate__(self) -> dict:
+        return {"names": self._names, "source": self._source}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["names"], state["source"])
 
 
 @dataclass
@@ -60,23 +222,34 @@ class SweepResult:
       weights       run, mini_epoch, layer, variable: norm, dist_from_init, rel_dist_from_init, update_norm,
                     update_ratio, n_nan, n_inf
       batchnorm     run, mini_epoch, layer: gamma/beta and moving-statistic summaries
-    ``probe_ids[i]`` names probe ``i``; ``problems`` lists checkpoints that could not be swept.
+    ``probe_ids[i]`` names probe ``i``; ``problems`` lists checkpoints that could not be swept;
+    ``swept`` the mini-epochs with activation tables (None: read them from the layers table).
     """
 
     run: str
     probe_ids: tuple[str, ...]
-    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    tables: Mapping[str, pd.DataFrame] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     layer_order: tuple[str, ...] = ()
     se_blocks: tuple[str, ...] = ()
+    swept: tuple[int, ...] | None = None
 
     def __getattr__(self, name: str) -> pd.DataFrame:
         if name in TABLES or name in WEIGHT_TABLES:
             return self.tables.get(name, pd.DataFrame())
         raise AttributeError(name)
 
+    def table(self, name: str, columns: Sequence[str] | None = None) -> pd.DataFrame:
+        """Table ``name`` (empty if absent); with ``columns`` only those are read from the cache."""
+        if columns is not None and isinstance(self.tables, LazyTables) and name in self.tables:
+            return self.tables.columns(name, columns)
+        df = self.tables.get(name, pd.DataFrame())
+        return df if columns is None or df.empty else df[[c for c in columns if c in df]]
+
     @property
     def mini_epochs(self) -> list[int]:
+        if self.swept is not None:
+            return sorted(self.swept)
         t = self.tables.get("layers")
         return sorted(t["mini_epoch"].unique().tolist()) if t is not None and len(t) else []
 
@@ -93,446 +266,203 @@ def _identity(c: Checkpoint) -> list:
     return [str(c.path), c.size, c.mtime_ns]
 
 
-def _bn_inputs(engine: RunEngine) -> dict[str, str]:
-    """BatchNorm layer name -> name of the tap that feeds it (when that tap is extracted)."""
-    import keras
-
-    producer = {}
-    for layer in engine.model.layers:
-        try:
-            producer[id(layer.output)] = layer.name
-        except (AttributeError, ValueError):
-            continue
-    out = {}
-    for layer in engine.model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            try:
-                src = producer.get(id(layer.input))
-            except (AttributeError, ValueError):
-                continue
-            if src in engine.taps:
-                out[layer.name] = src
-    return out
-
-
-def output_tap(engine: RunEngine) -> str | None:
-    """Tap holding the model's (probability) output, if extracted."""
-    out = engine.model.outputs[0]
-    for layer in engine.model.layers:
-        try:
-            if layer.output is out and layer.name in engine.taps:
-                return layer.name
-        except (AttributeError, ValueError):
-            continue
-    return None
-
-
-def _loss_acc(p: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of probabilities p (N, K) for labels y (N,); NaN without labels."""
-    ok = y >= 0
-    if not ok.any() or p.ndim != 2 or y[ok].max() >= p.shape[1]:
-        return math.nan, math.nan
-    p, y = p[ok].astype(np.float64), y[ok]
-    with np.errstate(all="ignore"):
-        loss = float(-np.log(np.clip(p[np.arange(len(y)), y], 1e-12, 1.0)).mean())
-    acc = float((p.argmax(axis=1) == y).mean()) if np.isfinite(p).all() else math.nan
-    return loss, acc
-
-
-def to_moments(red: Reduced) -> S.Moments:
-    """``Extractor.run_reduced`` output -> stacked ``core.analysis.stats.Moments`` (N, ΣC), writable float64/int64.
-
-    The graph reduces finite tensors only: every position counts, no NaN/Inf.
-    """
-    widths = np.diff(red.offsets)
-    total = np.repeat(red.totals, widths)
-    n = red.arrays["s"].shape[0]
-    f64 = lambda k: red.arrays[k].astype(np.float64)  # noqa: E731
-    zeros = np.zeros((n, len(total)), np.int64)
-    return S.Moments(count=np.tile(total, (n, 1)), total=total, s=f64("s"), m2=f64("m2"), abs_sum=f64("abs_sum"),
-                     min=f64("min"), max=f64("max"), n_zero=np.rint(np.nan_to_num(red.arrays["n_zero"])).astype(np.int64),
-                     n_nan=zeros, n_inf=zeros.copy())
-
-
-def _columns(m: S.Moments, cols: slice) -> S.Moments:
-    """The channels ``cols`` of stacked moments (one tap's block)."""
-    total = m.total[cols] if isinstance(m.total, np.ndarray) else m.total
-    return S.Moments(total=total, **{f: getattr(m, f)[:, cols] for f in S.MOMENT_ARRAYS})
-
-
-def _put_columns(m: S.Moments, cols: slice, part: S.Moments) -> None:
-    """Overwrite one tap's block of stacked moments with ``part`` (N, C)."""
-    for f in S.MOMENT_ARRAYS:
-        getattr(m, f)[:, cols] = getattr(part, f)
-
-
-def raw_taps(engine: RunEngine, out_tap: str | None) -> list[str]:
-    """Taps whose raw values the tables need: SE gates and logits, and the model output."""
-    names = [t for b in engine.se_blocks for t in (b.gate, b.logits_tap)]
-    return names + ([out_tap] if out_tap else [])
-
-
-class _Tables:
-    """Builds one checkpoint's activation tables (numpy ``Columns``) for a fixed engine, probe set and options.
-
-    Everything that does not depend on the checkpoint (row labels, the preprocessed
-    probe batch, which BatchNorm reads which tap, the categories of name columns) is
-    computed once per sweep.
-    """
-
-    def __init__(self, engine: RunEngine, probes: ProbeSet, options: SweepOptions):
-        self.engine, self.probes, self.options = engine, probes, options
-        self.run = engine.run.name
-        self.taps = list(engine.taps)
-        kinds = engine.tap_kinds()
-        self.kinds = [kinds.get(t, "other") for t in self.taps]
-        self.kind_names = sorted(set(self.kinds))
-        self.bn_inputs = _bn_inputs(engine)
-        self.out_tap = output_tap(engine)
-        self.raw = tuple(raw_taps(engine, self.out_tap))
-        self.x = engine.preprocess(probes.images)
-        self.labelled = bool((probes.labels >= 0).any())
-        self.blocks = [b.name for b in engine.se_blocks]
-        self._rows: dict[tuple, dict[str, np.ndarray]] = {}
-
-    def categories(self) -> dict[str, dict[str, list[str]]]:
-        """Name columns stored as codes, per table (see ``core.analysis.sweepcache``)."""
-        run = {"run": [self.run]}
-        return {"channels": {**run, "layer": self.taps}, "layers": {**run, "layer": self.taps, "kind": self.kind_names},
-                "gates": {**run, "block": self.blocks}, "gate_channels": {**run, "block": self.blocks},
-                "gate_hist": {**run, "block": self.blocks, "kind": ["gate", "logits"]}}
-
-    def forward(self, wv) -> tuple[Reduced, dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """One reduced forward pass -> (statistics, raw taps for the tables, raw values of taps with NaN/Inf).
-
-        Taps whose in-graph sums are not finite get their raw values from a second,
-        plain forward pass; ``moments`` then computes them in numpy, masking NaN/Inf.
-        """
-        red, acts = self.engine.extractor.run_reduced(wv, self.x, raw=self.raw)
-        bad_cols = ~np.isfinite(red.arrays["s"]).all(axis=0)
-        if not bad_cols.any():
-            return red, acts, {}
-        bad = [t for i, t in enumerate(red.taps) if bad_cols[red.offsets[i]:red.offsets[i + 1]].any()]
-        redo = self.engine.extractor.run(wv, self.x)
-        return red, acts, {t: redo[t] for t in bad}
-
-    @staticmethod
-    def moments(red: Reduced, redo: Mapping[str, np.ndarray]) -> S.Moments:
-        """Stacked moments (N, ΣC) of a ``forward`` result (numpy work: runs in the sweep's worker)."""
-        m = to_moments(red)
-        for t, raw in redo.items():
-            _put_columns(m, red.columns(t), S.moments(raw))
-        return m
-
-    def _labels(self, offsets: np.ndarray) -> dict[str, np.ndarray]:
-        """Row labels of the channel and layer tables, cached per layout (they do not change between checkpoints).
-
-        Channel rows follow the stacked (N, ΣC) statistics: probe by probe, taps in graph
-        order, channels in order; layer rows go tap by tap, then probe.
-        """
-        n = len(self.probes)
-        key = (n, tuple(offsets.tolist()))
-        if key not in self._rows:
-            widths = np.diff(offsets)
-            tap_of_col = np.repeat(np.arange(len(widths), dtype=np.int32), widths)
-            chan_of_col = (np.arange(int(offsets[-1])) - offsets[tap_of_col]).astype(np.int32)
-            l_layer = np.repeat(np.arange(len(widths), dtype=np.int32), n)
-            kind_code = np.array([self.kind_names.index(k) for k in self.kinds], np.int32)
-            self._rows[key] = {"layer": np.tile(tap_of_col, n), "channel": np.tile(chan_of_col, n),
-                               "probe": np.repeat(np.arange(n, dtype=np.int32), int(offsets[-1])),
-                               "l_layer": l_layer, "l_probe": np.tile(np.arange(n, dtype=np.int32), len(widths)),
-                               "l_kind": kind_code[l_layer]}
-        return self._rows[key]
-
-    def tables(self, me: int, m: S.Moments, red: Reduced, acts: Mapping[str, np.ndarray],
-               weights: Mapping[str, np.ndarray], wv) -> dict[str, Columns]:
-        """Every activation table of one checkpoint; ``m`` stacked moments (N, ΣC), ``acts`` raw taps."""
-        out = self._stat_tables(me, m, red)
-        out.update(self._gate_tables(me, acts))
-        out["bn_batch"] = self._bn_batch(me, m, red, weights)
-        out["extras"], out["grads"] = self._extras_grads(me, acts, weights, wv)
-        return out
-
-    def _stat_tables(self, me: int, m: S.Moments, red: Reduced) -> dict[str, Columns]:
-        rows = self._labels(red.offsets)
-        ch = S.channel_stats_from_moments(m)
-        n_rows = len(rows["layer"])
-        cols = {"run": np.zeros(n_rows, np.int32), "mini_epoch": np.full(n_rows, me, np.int32),
-                "probe": rows["probe"], "layer": rows["layer"], "channel": rows["channel"]}
-        for k in S.STAT_NAMES:
-            cols[k] = np.asarray(ch[k]).ravel().astype(np.int32 if k in _COUNTS else np.float32)
-        ly = S.stacked_layer_stats(m, red.offsets)
-        n_l = len(rows["l_layer"])
-        lcols = {"run": np.zeros(n_l, np.int32), "mini_epoch": np.full(n_l, me, np.int32), "probe": rows["l_probe"],
-                 "layer": rows["l_layer"]}
-        for k in S.LAYER_STAT_NAMES:  # (N, T) -> tap-major rows
-            lcols[k] = np.asarray(ly[k]).T.ravel().astype(np.int32 if k in _COUNTS else np.float32)
-        lcols["kind"] = rows["l_kind"]
-        lcols["depth"] = rows["l_layer"]  # taps are in graph order
-        return {"channels": cols, "layers": lcols}
-
-    def _gate_tables(self, me: int, acts: Mapping[str, np.ndarray]) -> dict[str, Columns]:
-        n = len(self.probes)
-        gs: dict[str, list] = {k: [] for k in ("probe", "block", *_GATE_STATS)}
-        gh: dict[str, list] = {k: [] for k in ("block", "bin_left", "bin_right", "count", "kind")}
-        gc: dict[str, list] = {k: [] for k in ("probe", "block", "channel", "gate", "logit")}
-        for i, b in enumerate(self.engine.se_blocks):
-            if b.gate not in acts:
-                continue
-            g = acts[b.gate].reshape(n, -1)
-            st = S.gate_stats(g)
-            gs["probe"].append(np.arange(n, dtype=np.int32))
-            gs["block"].append(np.full(n, i, np.int32))
-            for k in _GATE_STATS:
-                gs[k].append(np.asarray(st[k], np.float32))
-            hists = [(0, st["hist"], st["edges"])]
-            lg = acts.get(b.logits_tap)
-            if lg is not None:
-                lg = lg.reshape(n, -1)
-                hists.append((1, S.histogram_rows(lg, LOGIT_BINS), LOGIT_BINS))
-            else:
-                lg = np.full_like(g, np.nan)
-            for kind, h, edges in hists:
-                nb = len(edges) - 1
-                gh["block"].append(np.full(nb, i, np.int32))
-                gh["bin_left"].append(np.asarray(edges[:-1], np.float64))
-                gh["bin_right"].append(np.asarray(edges[1:], np.float64))
-                gh["count"].append(h.sum(axis=0).astype(np.int64))
-                gh["kind"].append(np.full(nb, kind, np.int32))
-            c = g.shape[1]
-            gc["probe"].append(np.repeat(np.arange(n, dtype=np.int32), c))
-            gc["block"].append(np.full(n * c, i, np.int32))
-            gc["channel"].append(np.tile(np.arange(c, dtype=np.int32), n))
-            gc["gate"].append(g.ravel().astype(np.float32))
-            gc["logit"].append(lg.ravel().astype(np.float32))
-        out = {}
-        for table, parts, has_probe in (("gates", gs, True), ("gate_hist", gh, False), ("gate_channels", gc, True)):
-            if not parts["block"]:
-                out[table] = {}
-                continue
-            cols = {k: np.concatenate(v) for k, v in parts.items()}
-            k = len(cols["block"])
-            out[table] = {"run": np.zeros(k, np.int32), "mini_epoch": np.full(k, me, np.int32), **cols}
-        return out
-
-    def _bn_batch(self, me: int, m: S.Moments, red: Reduced, weights: Mapping[str, np.ndarray]) -> Columns:
-        rows = []
-        for bn, src in self.bn_inputs.items():
-            mm, mv = weights.get(f"{bn}/moving_mean"), weights.get(f"{bn}/moving_variance")
-            if mm is None or mv is None or src not in red.taps:
-                continue
-            bmean, bvar = batch_mean_var(_columns(m, red.columns(src)))
-            with np.errstate(all="ignore"):
-                shift = np.abs(bmean - mm) / np.sqrt(mv + 1e-3)
-                ratio = bvar / (mv + 1e-3)
-            # all-NaN (NaN weights): NaN without numpy's "Mean of empty slice" warning on every checkpoint
-            finite_s, finite_r = ~np.isnan(shift), ~np.isnan(ratio)
-            rows.append({"run": self.run, "mini_epoch": me, "layer": bn, "input": src,
-                         "mean_shift": float(np.mean(shift[finite_s])) if finite_s.any() else math.nan,
-                         "var_ratio": float(np.median(ratio[finite_r])) if finite_r.any() else math.nan})
-        return rows_to_columns(rows)
-
-    def _extras_grads(self, me: int, acts: Mapping[str, np.ndarray], weights: Mapping[str, np.ndarray],
-                      wv) -> tuple[Columns, Columns]:
-        # a float sum is finite exactly when the array has no NaN/Inf: count only in arrays that have some
-        bad = [v for v in weights.values() if v.dtype.kind == "f" and not np.isfinite(v.sum(dtype=np.float64))]
-        extras = {"run": self.run, "mini_epoch": me, "n_probes": len(self.probes),
-                  "n_nan_weights": int(sum(np.isnan(v).sum() for v in bad)),
-                  "n_inf_weights": int(sum(np.isinf(v).sum() for v in bad)),
-                  "loss": math.nan, "accuracy": math.nan, "loss_train_mode": math.nan, "accuracy_train_mode": math.nan}
-        labels = self.probes.labels
-        if self.out_tap is not None:
-            extras["loss"], extras["accuracy"] = _loss_acc(acts[self.out_tap], labels)
-        if self.options.train_mode and self.out_tap is not None and self.labelled:
-            tm = self.engine.extractor.run_training_mode(wv, self.x)
-            extras["loss_train_mode"], extras["accuracy_train_mode"] = _loss_acc(tm[self.out_tap], labels)
-        grads = []
-        if self.options.gradients and self.labelled:
-            ok = labels >= 0
-            try:
-                gn = self.engine.extractor.gradients(wv, self.x[ok], labels[ok])
-            except ValueError:
-                gn = {}
-            per_layer: dict[str, float] = {}
-            for path, v in gn.items():
-                layer, _ = W.split_path(path)
-                per_layer[layer] = per_layer.get(layer, 0.0) + float(v) ** 2
-            grads = [{"run": self.run, "mini_epoch": me, "layer": k, "grad_norm": math.sqrt(v)}
-                     for k, v in per_layer.items()]
-        return rows_to_columns([extras]), rows_to_columns(grads)
-
-
-_COUNTS = ("n_nan", "n_inf")
-_GATE_STATS = ("frac_low", "frac_high", "frac_half", "mean", "std")
-
-
-def batch_mean_var(m: S.Moments) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and (population) variance over all probes and positions, from (N, C) moments."""
-    cnt = m.count.sum(axis=0).astype(np.float64)
-    with np.errstate(all="ignore"):
-        mean_n = m.s / m.count
-        mean = m.s.sum(axis=0) / cnt
-        dev = np.where(m.count > 0, m.count * (mean_n - mean) ** 2, 0.0)
-        var = (m.m2.sum(axis=0) + dev.sum(axis=0)) / cnt
-    return mean, var
-
-
 def sweep(run: Run, probes: ProbeSet | None = None, *, taps: Sequence[str] | None = None,
           engine: RunEngine | None = None, options: SweepOptions = SweepOptions(),
           progress: Progress | None = None, stop: threading.Event | None = None,
           mini_epochs: Sequence[int] | None = None, use_cache: bool = True) -> SweepResult:
-    """Compute (or load from the run's cache) every table for every checkpoint.
+    """Compute (or find in the run's cache) every table for every checkpoint.
 
-    Streamed checkpoint by checkpoint: only one checkpoint's activations, the
-    next checkpoint's weights (read ahead), the initial and the previous weights
-    are in memory. Each checkpoint's tables are written to ``run/cache/<key>/``
-    as soon as they are computed (stamped within about a second), so an
-    interrupted sweep (``stop`` set, or a crash) resumes where it stopped; a
-    checkpoint file that changed (size or mtime) is recomputed. A checkpoint
-    that cannot be read is reported in ``problems`` and skipped.
-    ``progress(done, total, message)`` is called after each checkpoint.
+    Streamed checkpoint by checkpoint: only one checkpoint's activations (in forward passes of
+    at most ``PROBE_BATCH`` probes), the next checkpoint's weights (read ahead), the initial
+    and the previous weights are in memory. Each checkpoint's tables are written to
+    ``run/cache/<key>/`` as soon as they are computed (stamped within about a second), so an
+    interrupted sweep (``stop`` set, or a crash) resumes where it stopped; a checkpoint file
+    that changed (size or mtime) is recomputed. A checkpoint that cannot be read is reported
+    in ``problems`` and skipped. ``progress(done, total, message)`` is called after each checkpoint.
     """
     engine = engine or RunEngine(run, taps)
     probes = probes if probes is not None else run_probe_set(run)
     if len(probes) == 0:
         raise RunError(run.path, "no probe images: pass probe images or record a probe set with the run")
-    key = cache_key(probes, run.manifest.preprocessing, engine.taps, options)
     ckpts = run.checkpoints()
     if mini_epochs is not None:
         wanted = set(mini_epochs)
         ckpts = [c for c in ckpts if c.mini_epoch in wanted]
-    maker = _Tables(engine, probes, options)
-    cats = maker.categories()
-    cache = SegmentCache(run.cache_dir / key, cats)
-    sink = _Sink(cache, len(ckpts))
-    result = SweepResult(run.name, probes.ids, layer_order=tuple(engine.taps),
-                         se_blocks=tuple(b.name for b in engine.se_blocks))
-    result.problems.extend(run.problems)
-    # One worker thread builds the tables, fills the result and appends to the cache, in
-    # checkpoint order, while the main thread reads weights and runs the next forward pass
-    # in TensorFlow (which leaves part of a core idle).
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweep-tables")
-    # A second thread reads the next checkpoint's weights while this one runs the forward pass.
-    reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweep-read")
-    ahead: dict[int, Future] = {}
-    jobs: list[Future] = []
-    inflight: Future | None = None
-    last_flush = time.monotonic()
+    job = _Sweep(run, probes, engine, options, ckpts, use_cache)
 
-    def load(c: Checkpoint) -> tuple[dict[str, np.ndarray], object]:
-        """(weights, WeightValues or the ValueError saying why they do not fit the model)."""
-        weights = engine.read_weights(c)
+    again = _Recompute(str(run.path), probes, options, tuple(engine.taps),
+                       None if mini_epochs is None else tuple(mini_epochs))
+    return job.execute(progress, stop, again)
+
+
+class _Sweep:
+    """One sweep's state: the table maker, the cache, the worker threads and the weight chain."""
+
+    def __init__(self, run: Run, probes: ProbeSet, engine: RunEngine, options: SweepOptions,
+                 ckpts: list[Checkpoint], use_cache: bool):
+        self.run, self.probes, self.engine, self.options, self.ckpts = run, probes, engine, options, ckpts
+        self.use_cache = use_cache
+        self.maker = _Tables(engine, probes, options)
+        self.cats = self.maker.categories()
+        key = cache_key(probes, run.manifest.preprocessing, engine.taps, options)
         try:
-            return weights, engine.weight_values(weights)
+            cache, problem = SegmentCache(run.cache_dir / key, self.cats), ""
+        except RunError as e:  # e.g. a `cache` link leaving the run: nothing is written there
+            cache, problem = None, f"{e}; the results are kept in memory and computed again next time"
+            self.use_cache = False
+        self.sink = _Sink(cache, problem)
+        self.result = SweepResult(run.name, probes.ids, layer_order=tuple(engine.taps),
+                                  se_blocks=tuple(b.name for b in engine.se_blocks))
+        self.result.problems.extend(run.problems)
+        # One worker thread builds the tables and appends them to the cache, in checkpoint order,
+        # while the main thread runs the next forward pass in TensorFlow (which leaves part of a
+        # core idle); a second thread reads the next checkpoint's weights meanwhile.
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweep-tables")
+        self.reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweep-read")
+        self.ahead: dict[int, Future] = {}
+        self.jobs: list[Future] = []
+        self.inflight: Future | None = None
+        self.chain = _WeightChain(engine, run.checkpoints(), run.name)
+        self.prev_identity: list | None = None
+
+    # -- the loop ---------------------------------------------------------------------------
+    def execute(self, progress: Progress | None, stop: threading.Event | None,
+                again: _Recompute) -> SweepResult:
+        last_flush = time.monotonic()
+        n = len(self.ckpts)
+        try:
+            for i, c in enumerate(self.ckpts):
+                if stop is not None and stop.is_set():
+                    self.result.problems.append("sweep stopped before the end; run it again to continue")
+                    break
+                msg = self.step(i, c)
+                if msg is None:
+                    continue
+                if time.monotonic() - last_flush >= sweepcache.FLUSH_SECONDS:
+                    self.pool.submit(self.sink.flush)
+                    last_flush = time.monotonic()
+                if progress:
+                    progress(i + 1, n, msg)
+        finally:
+            self.reader.shutdown(wait=True, cancel_futures=True)
+            self.pool.submit(self.sink.flush)  # also when interrupted by an exception: finished checkpoints are kept
+            self.pool.shutdown(wait=True)
+        for job in self.jobs:
+            job.result()  # an error in the worker is raised here
+        if self.sink.problem:
+            self.result.problems.append(self.sink.problem)
+        cache = self.sink.cache
+        if cache is not None:
+            cache.release()
+            cache.collect_garbage()
+        entries = tuple(self.sink.entries)
+        self.result.swept = tuple(e.mini_epoch for e in entries if e.prefix == "me")
+        token = (hashlib.sha256(json.dumps([str(cache.root), [[e.prefix, e.mini_epoch, e.identity] for e in entries]])
+                                .encode()).hexdigest() if cache is not None and all(e.tables is None for e in entries)
+                 else uuid.uuid4().hex)  # tables held in memory: this result's own
+        source = _Source(cache.root if cache is not None else None, self.cats, entries, again, token)
+        self.result.tables = LazyTables((*TABLES, *WEIGHT_TABLES), source)
+        return self.result
+
+    def step(self, i: int, c: Checkpoint) -> str | None:
+        """Sweep checkpoint ``i``; the progress message, or None when it was skipped (reported)."""
+        me, ident = c.mini_epoch, _identity(c)
+        w_ident = [ident, self.prev_identity]
+        cache = self.sink.cache
+        act_ok = self.use_cache and cache is not None and cache.check("me", me, ident) is not None
+        w_ok = not self.options.weights or (self.use_cache and cache is not None
+                                            and cache.check("w", me, w_ident) is not None)
+        if act_ok:
+            self.jobs.append(self.pool.submit(self.sink.cached, "me", me, ident))
+        if w_ok and self.options.weights:
+            self.jobs.append(self.pool.submit(self.sink.cached, "w", me, w_ident))
+        if act_ok and w_ok:
+            self.pool.submit(self.chain.reset)  # weights not loaded: the next checkpoint must read its predecessor's
+            self.prev_identity = ident
+            return f"mini-epoch {me} (cached)"
+        fut = self.ahead.pop(i, None) or self.reader.submit(self.load, c)
+        self.read_ahead(i + 1)
+        try:
+            weights, wv = fut.result()
+            if not act_ok and isinstance(wv, ValueError):
+                raise RunError(c.path, str(wv))
+        except Exception as e:  # noqa: BLE001 - a checkpoint that does not load: report, keep going
+            self.result.problems.append(str(e) if isinstance(e, RunError)
+                                        else f"{c.path}: could not be read ({type(e).__name__}: {e})")
+            self.pool.submit(self.chain.reset)
+            self.prev_identity = None
+            return None
+        if not act_ok:
+            red, acts, redo = self.maker.forward(wv)
+            if self.inflight is not None:  # one checkpoint's tables in flight: memory stays flat
+                self.inflight.result()
+            self.inflight = self.pool.submit(self.activation_job, me, ident, red, acts, redo, weights, wv)
+            self.jobs.append(self.inflight)
+            del red, acts, redo
+        if self.options.weights:  # in the worker too: it holds the first and the previous weights
+            self.jobs.append(self.pool.submit(self.weight_job, c, weights, self.prev_identity is not None,
+                                              None if w_ok else w_ident))
+        self.prev_identity = ident
+        return f"mini-epoch {me}"
+
+    # -- work items -------------------------------------------------------------------------
+    def load(self, c: Checkpoint) -> tuple[dict[str, np.ndarray], object]:
+        """(weights, WeightValues or the ValueError saying why they do not fit the model)."""
+        weights = self.engine.read_weights(c)
+        try:
+            return weights, self.engine.weight_values(weights)
         except ValueError as e:
             return weights, e
 
-    def read_ahead(j: int) -> None:
-        if j < len(ckpts) and (not use_cache or cache.valid("me", ckpts[j].mini_epoch, _identity(ckpts[j])) is None):
-            ahead[j] = reader.submit(load, ckpts[j])
+    def read_ahead(self, j: int) -> None:
+        if j >= len(self.ckpts):
+            return
+        cache = self.sink.cache
+        c = self.ckpts[j]
+        if not self.use_cache or cache is None or cache.valid("me", c.mini_epoch, _identity(c)) is None:
+            self.ahead[j] = self.reader.submit(self.load, c)
 
-    def activation_job(me: int, ident: list, red: Reduced, acts, redo, weights, wv) -> None:
-        m = maker.moments(red, redo)
-        sink.store(me, "me", ident, maker.tables(me, m, red, acts, weights, wv))
+    def activation_job(self, me: int, ident: list, red, acts, redo, weights, wv) -> None:
+        m = self.maker.moments(red, redo)
+        self.sink.store(me, "me", ident, self.maker.tables(me, m, red, acts, weights, wv))
 
-    def weight_job(c: Checkpoint, weights, has_prev: bool, ident: list | None) -> None:
-        tabs = chain.step(c, weights, has_prev, ident is not None)
+    def weight_job(self, c: Checkpoint, weights, has_prev: bool, ident: list | None) -> None:
+        tabs = self.chain.step(c, weights, has_prev, ident is not None)
         if ident is not None:
-            sink.store(c.mini_epoch, "w", ident, tabs)
-
-    prev_identity: list | None = None
-    chain = _WeightChain(engine, run.checkpoints(), run.name)
-    try:
-        for i, c in enumerate(ckpts):
-            if stop is not None and stop.is_set():
-                result.problems.append("sweep stopped before the end; run it again to continue")
-                break
-            me, ident = c.mini_epoch, _identity(c)
-            w_ident = [ident, prev_identity]
-            cached = cached_w = None
-            if use_cache:
-                cached = _read_cached(cache, "me", me, ident)
-                cached_w = _read_cached(cache, "w", me, w_ident) if options.weights else {}
-            if cached is not None or cached_w:
-                jobs.append(pool.submit(sink.keep, {**(cached or {}), **(cached_w or {})}))
-            if cached is not None and cached_w is not None:
-                pool.submit(chain.reset)  # weights not loaded: the next checkpoint must read its predecessor's
-                prev_identity = ident
-                if progress:
-                    progress(i + 1, len(ckpts), f"mini-epoch {me} (cached)")
-                continue
-            fut = ahead.pop(i, None) or reader.submit(load, c)
-            read_ahead(i + 1)
-            try:
-                weights, wv = fut.result()
-            except RunError as e:
-                result.problems.append(str(e))
-                pool.submit(chain.reset)
-                prev_identity = None
-                continue
-            except Exception as e:  # a foreign checkpoint that does not load: report, keep going
-                result.problems.append(f"{c.path}: could not be read ({type(e).__name__}: {e})")
-                pool.submit(chain.reset)
-                prev_identity = None
-                continue
-            if cached is None:
-                if isinstance(wv, ValueError):
-                    result.problems.append(f"{c.path}: {wv}")
-                    pool.submit(chain.reset)
-                    prev_identity = None
-                    continue
-                red, acts, redo = maker.forward(wv)
-                if inflight is not None:  # one checkpoint's tables in flight: memory stays flat
-                    inflight.result()
-                inflight = pool.submit(activation_job, me, ident, red, acts, redo, weights, wv)
-                jobs.append(inflight)
-                del red, acts, redo
-            if options.weights:  # in the worker too: it holds the first and the previous weights
-                jobs.append(pool.submit(weight_job, c, weights, prev_identity is not None,
-                                        w_ident if cached_w is None else None))
-            prev_identity = ident
-            if time.monotonic() - last_flush >= sweepcache.FLUSH_SECONDS:
-                pool.submit(sink.flush)
-                last_flush = time.monotonic()
-            if progress:
-                progress(i + 1, len(ckpts), f"mini-epoch {me}")
-    finally:
-        reader.shutdown(wait=True, cancel_futures=True)
-        pool.submit(sink.flush)  # also when interrupted by an exception: finished checkpoints are kept
-        pool.shutdown(wait=True)
-        cache.release()
-    for job in jobs:
-        job.result()  # an error in the worker is raised here
-    if sink.problem:
-        result.problems.append(sink.problem)
-    cache.collect_garbage()
-    for t in (*TABLES, *WEIGHT_TABLES):
-        result.tables[t] = _frame(sink.buffer.parts(t), cats.get(t, {}))
-    return result
+            self.sink.store(c.mini_epoch, "w", ident, tabs)
 
 
 class _Sink:
-    """The sweep worker's end of the line: each checkpoint's tables go to the result and to the cache.
+    """The sweep worker's end of the line: each checkpoint's tables go to the cache (or memory).
 
-    A cache that cannot be written (disk full, read-only folder) is dropped with a
-    problem message: the sweep's result is complete either way.
+    Tables stay in memory only until their segment is written (about a second). A cache that
+    cannot be written (disk full, read-only folder) is dropped with a problem message and the
+    tables are kept in memory from then on: the sweep's result is complete either way.
     """
 
-    def __init__(self, cache: SegmentCache, expected: int):
-        self.cache: SegmentCache | None = cache
-        self.buffer = TableBuffer(expected)
-        self.problem = ""
+    def __init__(self, cache: SegmentCache | None, problem: str = ""):
+        self.cache = cache
+        self.problem = problem
+        self.entries: list[_Entry] = []
+        self._pending: list[_Entry] = []
 
-    def keep(self, tables: Mapping[str, Columns]) -> None:
-        for t, cols in tables.items():
-            self.buffer.add(t, cols)
+    def cached(self, prefix: str, me: int, identity: list) -> None:
+        self.entries.append(_Entry(prefix, me, identity))
 
     def store(self, me: int, prefix: str, identity: list, tables: Mapping[str, Columns]) -> None:
-        self.keep(tables)
+        entry = _Entry(prefix, me, identity, dict(tables))
+        self.entries.append(entry)
+        if self.cache is None:
+            return
+        self._pending.append(entry)
         self._guard(lambda cache: cache.append(Part(me, prefix, identity, dict(tables))))
 
     def flush(self) -> None:
         self._guard(lambda cache: cache.finish())
+        if self.cache is not None:
+            for e in self._pending:
+                e.tables = None  # on disk now: read back on demand
+            self._pending.clear()
 
     def _guard(self, op: Callable[[SegmentCache], None]) -> None:
         if self.cache is None:
@@ -542,19 +472,9 @@ class _Sink:
         except OSError as e:
             self.cache.abort()
             self.cache = None
+            self._pending.clear()  # their tables stay in memory
             self.problem = (f"could not write the sweep cache in {e.filename or 'the run folder'} ({e.strerror or e}); "
                             "the results are complete but will be computed again next time")
-
-
-def _read_cached(cache: SegmentCache, prefix: str, me: int, identity: list) -> dict[str, Columns] | None:
-    """Cached tables of one checkpoint, or None when they must be computed (absent, stale or damaged)."""
-    stamp = cache.valid(prefix, me, identity)
-    if stamp is None:
-        return None
-    try:
-        return cache.read(stamp, me)
-    except CacheMiss:
-        return None
 
 
 def _frame(parts: list[Columns], cats: Mapping[str, Sequence[str]]) -> pd.DataFrame:
@@ -563,50 +483,3 @@ def _frame(parts: list[Columns], cats: Mapping[str, Sequence[str]]) -> pd.DataFr
         return to_frame(concat_columns(parts), cats)
     except ValueError:  # e.g. a cache written by another version of a small table: align by name
         return pd.concat([to_frame(p, cats) for p in parts if p], ignore_index=True)
-
-
-class _WeightChain:
-    """Weight tables need the first and the previous checkpoint's weights; only the sweep's worker uses this."""
-
-    def __init__(self, engine: RunEngine, ckpts: list[Checkpoint], run_name: str):
-        self.engine, self.ckpts, self.run_name = engine, ckpts, run_name
-        self.init: W.Selected | None = None
-        self.prev: W.Selected | None = None
-
-    def reset(self) -> None:
-        self.prev = None
-
-    def step(self, c: Checkpoint, weights: Mapping[str, np.ndarray], has_prev: bool, compute: bool
-             ) -> dict[str, Columns]:
-        """Weight tables of checkpoint ``c`` (if ``compute``); remembers its weights for the next one.
-
-        ``has_prev``: the checkpoint before ``c`` was read fine, so update ratios refer to it.
-        """
-        if self.init is None:
-            self.init = _init_weights(self.engine, self.ckpts, c, weights)
-        if not compute:
-            self.prev = W.select(weights)
-            return {}
-        if self.prev is None and has_prev:
-            self.prev = _prev_weights(self.engine, self.ckpts, c)
-        rows, self.prev = W.weight_rows(c.mini_epoch, weights, init=self.init, prev=self.prev)
-        run = {"run": self.run_name}
-        return {"weights": rows_to_columns([{**run, **r} for r in rows]),
-                "batchnorm": rows_to_columns([{**run, **r} for r in W.batchnorm_stats(c.mini_epoch, weights)])}
-
-
-def _init_weights(engine: RunEngine, ckpts: list[Checkpoint], current: Checkpoint, weights) -> W.Selected:
-    """Tracked weights of the first checkpoint (mini-epoch 0 normally): the reference for distance from init."""
-    first = ckpts[0]
-    return W.select(weights if first.mini_epoch == current.mini_epoch else engine.read_weights(first))
-
-
-def _prev_weights(engine: RunEngine, ckpts: list[Checkpoint], current: Checkpoint) -> W.Selected | None:
-    """Tracked weights of the checkpoint before ``current`` (for update ratios); None if none or unreadable."""
-    before = [c for c in ckpts if c.mini_epoch < current.mini_epoch]
-    if not before:
-        return None
-    try:
-        return W.select(engine.read_weights(before[-1]))
-    except Exception:
-        return None

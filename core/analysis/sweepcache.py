@@ -16,6 +16,9 @@ import pyarrow.parquet as pq
 
 from core.run.atomic import atomic_write_bytes
 
+#: The sweep's tables (see ``core.analysis.sweep.SweepResult``): activation tables, then weight tables.
+TABLES = ("channels", "layers", "gates", "gate_hist", "gate_channels", "bn_batch", "extras", "grads")
+WEIGHT_TABLES = ("weights", "batchnorm")
 #: A table as named numpy columns of equal length; categorical columns hold int32 codes.
 Columns = dict[str, np.ndarray]
 #: Per table, its categorical columns and their categories (codes index into these).
@@ -263,6 +266,7 @@ class SegmentCache:
     root: Path
     cats: Categories
     _loaded: dict[str, dict[str, tuple[Columns, dict[int, slice]]]] = field(default_factory=dict)
+    _bounds: dict[tuple[str, str], dict[int, slice]] = field(default_factory=dict)
     _open: _OpenSegment | None = None
 
     def _stamp_path(self, prefix: str, me: int) -> Path:
@@ -279,6 +283,43 @@ class SegmentCache:
         """The stamp of checkpoint ``me`` if it was computed from a file with ``identity``."""
         d = self.stamp(prefix, me)
         return d if d is not None and d["identity"] == identity else None
+
+    def check(self, prefix: str, me: int, identity: list) -> dict | None:
+        """The stamp of checkpoint ``me`` if it is valid and its segment files hold its rows.
+
+        Only each file's footer and ``mini_epoch`` column are read (memory does not grow with
+        the checkpoints checked): a missing or truncated file makes the checkpoint a miss.
+        """
+        stamp = self.valid(prefix, me, identity)
+        if stamp is None:
+            return None
+        for table in stamp.get("tables", []):
+            key = (str(stamp["segment"]), str(table))
+            if key not in self._bounds:
+                path = self.root / f"{key[0]}.{key[1]}.parquet"
+                try:
+                    self._bounds[key] = _row_runs(pq.read_table(path, columns=["mini_epoch"]).column(0).to_numpy())
+                except Exception:  # missing, truncated or foreign: derived data, so recompute
+                    self._bounds[key] = {}
+            if me not in self._bounds[key]:
+                return None
+        return stamp
+
+    def rows(self, stamp: dict, me: int, table: str) -> Columns | None:
+        """Checkpoint ``me``'s rows of ``table`` (None if its stamp lists no such table); CacheMiss if unreadable.
+
+        Only the most recently read segment is kept in memory.
+        """
+        if table not in stamp.get("tables", []):
+            return None
+        seg = str(stamp["segment"])
+        if seg not in self._loaded:
+            self._loaded.clear()
+        cols, bounds = self._segment_table(seg, table)
+        sl = bounds.get(me)
+        if sl is None:
+            raise CacheMiss(f"segment {seg} has no rows of mini-epoch {me} in {table}")
+        return {k: v[sl] for k, v in cols.items()}
 
     def read(self, stamp: dict, me: int) -> dict[str, Columns]:
         """The rows of checkpoint ``me`` in every table its stamp lists; CacheMiss if any file is gone or bad."""
@@ -304,10 +345,7 @@ class SegmentCache:
             me = cols.get("mini_epoch")
             if me is None or len(me) == 0:
                 raise CacheMiss(f"{path.name}: no mini_epoch column")
-            # rows are written checkpoint by checkpoint: find each checkpoint's run of rows
-            starts = np.flatnonzero(np.r_[True, me[1:] != me[:-1]])
-            ends = np.r_[starts[1:], len(me)]
-            got[table] = (cols, {int(me[s]): slice(int(s), int(e)) for s, e in zip(starts, ends)})
+            got[table] = (cols, _row_runs(me))
         return got[table]
 
     def append(self, part: Part) -> None:
@@ -387,3 +425,13 @@ class SegmentCache:
     def release(self) -> None:
         """Forget segments read so far (their rows are in the result by now)."""
         self._loaded.clear()
+        self._bounds.clear()
+
+
+def _row_runs(me: np.ndarray) -> dict[int, slice]:
+    """Rows are written checkpoint by checkpoint: each checkpoint's run of rows in a segment table."""
+    if len(me) == 0:
+        return {}
+    starts = np.flatnonzero(np.r_[True, me[1:] != me[:-1]])
+    ends = np.r_[starts[1:], len(me)]
+    return {int(me[s]): slice(int(s), int(e)) for s, e in zip(starts, ends)}

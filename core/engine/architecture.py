@@ -4,17 +4,8 @@ from __future__ import annotations
 import pandas as pd
 
 
-def _shape(layer) -> str:
-    try:
-        out = layer.output
-    except (AttributeError, ValueError):
-        return "?"
-    outs = out if isinstance(out, (list, tuple)) else [out]
-    return ", ".join(str(tuple(o.shape[1:])) for o in outs)
-
-
 def se_roles(model) -> dict[str, str]:
-    """Layer name -> 'blockname: role' for layers that belong to an SE block found by structure."""
+    """Tap name -> 'blockname: role' for layers that belong to an SE block found by structure."""
     from core.engine.se import find_se_blocks
 
     roles: dict[str, str] = {}
@@ -26,10 +17,22 @@ def se_roles(model) -> dict[str, str]:
     return roles
 
 
+def _own_params(layer) -> int:
+    """Parameters of a layer; 0 for a nested model, whose layers have rows of their own."""
+    import keras
+
+    return 0 if isinstance(layer, keras.Model) or not layer.built else int(layer.count_params())
+
+
 def architecture_table(model) -> pd.DataFrame:
-    """One row per layer: name, type, output shape (without batch), parameter count, SE role."""
+    """One row per layer (nested models' layers as ``outer/inner``): name, type, output shape
+    (without batch), parameter count, SE role."""
+    from core.engine.graph import build_graph
+
+    graph = build_graph(model)
     roles = se_roles(model)
-    rows = [{"layer": l.name, "type": type(l).__name__, "output shape": _shape(l),
-             "params": int(l.count_params()) if l.built else 0, "SE block": roles.get(l.name, "")}
-            for l in model.layers]
+    rows = [{"layer": name, "type": type(layer).__name__,
+             "output shape": str(tuple(graph.outputs[id(layer)].shape[1:])),
+             "params": _own_params(layer), "SE block": roles.get(name, "")}
+            for name, layer in graph.layers()]
     return pd.DataFrame(rows)

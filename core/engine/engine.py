@@ -5,17 +5,21 @@ import hashlib
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from core.run.preprocess import PreprocessSpec, apply_preprocessing
 from core.run.runs import Checkpoint, Run
 
+if TYPE_CHECKING:
+    from core.run.custom_objects import CustomObjects
+
 
 @dataclass(frozen=True)
 class ProbeSet:
-    """Probe images in model-input size: ``images`` uint8 (N, H, W, C), ``labels`` int64 (N,), -1 if unknown."""
+    """Probe images in model-input size: ``images`` uint8 (N, H, W, C) in 0..255 (float32 when fitted by
+    ``resize``, whose exact values are fractional), ``labels`` int64 (N,), -1 if unknown."""
 
     ids: tuple[str, ...]
     images: np.ndarray
@@ -26,7 +30,11 @@ class ProbeSet:
         """Content hash: identical images and labels give the same key whatever their ids."""
         h = hashlib.sha256()
         h.update(str(self.images.shape).encode())
-        h.update(np.ascontiguousarray(self.images, np.uint8).tobytes())
+        if self.images.dtype != np.uint8:  # uint8 keys stay as they were before float probes existed
+            h.update(str(self.images.dtype).encode())
+            h.update(np.ascontiguousarray(self.images, np.float32).tobytes())
+        else:
+            h.update(np.ascontiguousarray(self.images).tobytes())
         h.update(np.ascontiguousarray(self.labels, np.int64).tobytes())
         return h.hexdigest()[:16]
 
@@ -35,9 +43,17 @@ class ProbeSet:
 
 
 def run_probe_set(run: Run) -> ProbeSet:
-    """The run's fixed labelled probe set (ids ``probe:000`` ...)."""
+    """The run's fixed labelled probe set (ids ``probe:000`` ...); for a run without a recorded one,
+    the probe set a user chose for it (``core.run.probefiles``, ids ``user:000`` ...), else empty."""
     x, y = run.probes()
-    return ProbeSet(tuple(f"probe:{i:03d}" for i in range(len(x))), x, y)
+    prefix = "probe"
+    if len(x) == 0:
+        from core.run.probefiles import user_probes
+
+        chosen = user_probes(run.path, run.manifest.input_shape)
+        if chosen is not None:
+            (x, y), prefix = chosen, "user"
+    return ProbeSet(tuple(f"{prefix}:{i:03d}" for i in range(len(x))), x, y)
 
 
 def single_probe(image: np.ndarray, probe_id: str, label: int = -1) -> ProbeSet:
@@ -52,12 +68,18 @@ class RunEngine:
     ``activations(ckpt, images)`` costs one checkpoint read plus one forward pass.
     """
 
-    def __init__(self, run: Run, taps: Sequence[str] | None = None, trust: bool = False):
+    def __init__(self, run: Run, taps: Sequence[str] | None = None, trust: bool = False,
+                 custom_objects: "CustomObjects | None" = None):
         from core.engine.extract import Extractor
+        from core.run.loading import load_model_noted
 
         self.run = run
-        self.model = run.load_model(trust=trust)
+        loaded = load_model_noted(run.architecture_path, trust=trust, custom_objects=custom_objects)
+        self.model = loaded.model
+        #: Training-only objects (initializers, regularizers, constraints) left out: ``layer.key = Name``.
+        self.dropped: tuple[str, ...] = loaded.dropped
         self.spec = PreprocessSpec.from_dict(run.manifest.preprocessing)
+        self._spec_stamp: int | None = None
         self.extractor = Extractor(self.model, list(taps) if taps is not None else None)
         self.se_blocks = self.extractor.se_blocks
         self._lock = threading.Lock()
@@ -70,9 +92,62 @@ class RunEngine:
     def tap_kinds(self) -> dict[str, str]:
         return {t.name: t.kind for t in self.extractor.tappable}
 
+    def bn_inputs(self) -> dict[str, str]:
+        """BatchNorm variables' path prefix (``<prefix>/moving_mean``) -> name of the tap feeding it, when extracted."""
+        import keras
+
+        from core.engine.graph import build_graph
+
+        graph = build_graph(self.model)
+        out = {}
+        for _name, layer in graph.layers():
+            if not isinstance(layer, keras.layers.BatchNormalization):
+                continue
+            ins = graph.inputs[id(layer)]
+            src = graph.producer.get(id(ins[0])) if len(ins) == 1 else None
+            if src is not None and graph.name(src) in self.taps:
+                out[layer.moving_mean.path.rpartition("/")[0]] = graph.name(src)
+        return out
+
+    def weight_layer_order(self) -> list[str]:
+        """Layers as the weight tables name them (variable path without its last part), in graph order,
+        nested models' layers included."""
+        import keras
+
+        from core.engine.graph import build_graph
+
+        order: dict[str, None] = {}
+        for _name, layer in build_graph(self.model).layers():
+            if not isinstance(layer, keras.Model):
+                order.update((v.path.rpartition("/")[0] or v.path, None) for v in layer.weights)
+        return list(order)
+
+    def output_tap(self) -> str | None:
+        """Tap holding the model's output, if extracted."""
+        from core.engine.graph import build_graph
+
+        graph = build_graph(self.model)
+        out = graph.model.outputs[0]
+        taps = set(self.taps)
+        return next((graph.name(op) for op in graph.ops
+                     if graph.outputs[id(op)] is out and graph.name(op) in taps), None)
+
     def preprocess(self, images: np.ndarray) -> np.ndarray:
-        """uint8 (N, H, W, C) -> float32 model input as the manifest says."""
+        """uint8 (N, H, W, C) -> float32 model input as the manifest says (re-read when it changes)."""
+        self._refresh_spec()
         return apply_preprocessing(images, self.spec)
+
+    def _refresh_spec(self) -> None:
+        """The pixel scaling may be changed in the app while this engine is cached: follow the manifest."""
+        from core.run.runs import MANIFEST, Run
+
+        try:
+            stamp = (self.run.path / MANIFEST).stat().st_mtime_ns
+        except OSError:
+            return
+        if stamp != self._spec_stamp:
+            self.spec = PreprocessSpec.from_dict(Run(self.run.path).manifest.preprocessing)
+            self._spec_stamp = stamp
 
     def read_weights(self, ckpt: Checkpoint) -> dict[str, np.ndarray]:
         return self.run.read_weights(ckpt, architecture=self.model)
@@ -92,7 +167,7 @@ class RunEngine:
     TAP_EXTRACTORS = 8
 
     def prepare_tap(self, tap: str) -> None:
-        """Build (trace) the one-tap extractor of ``tap`` for ``tap_activations``: 0.1-0.5 s, run it in the background."""
+        """Build (trace) the one-tap extractor of ``tap`` for ``tap_activations`` (a trace: run it in the background)."""
         from core.engine.extract import Extractor
 
         with self._lock:

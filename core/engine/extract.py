@@ -10,119 +10,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from core.engine.se import (
-    ACTIVATION_LAYERS, ACTIVATION_OP_CLASSES, Graph, SEBlock, build_graph, op_class, se_blocks_of,
-)
-
-CONV_LAYERS = (
-    keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D, keras.layers.DepthwiseConv2D,
-    keras.layers.SeparableConv2D, keras.layers.Conv2DTranspose,
-)
-NORM_LAYERS = (keras.layers.BatchNormalization, keras.layers.LayerNormalization, keras.layers.GroupNormalization)
-POOL_LAYERS = (
-    keras.layers.MaxPooling2D, keras.layers.AveragePooling2D, keras.layers.GlobalAveragePooling2D,
-    keras.layers.GlobalMaxPooling2D,
-)
-DEFAULT_KINDS = frozenset({"conv", "activation", "add", "dense", "se_gate", "se_logits", "se_hidden", "se_excite"})
-LOGITS_SUFFIX = "/logits"  # Keras forbids "/" in layer names, so virtual taps cannot clash
-
-
-#: Statistics ``Extractor.run_reduced`` computes in the graph, per probe and channel.
-REDUCED_KEYS = ("s", "m2", "abs_sum", "min", "max", "n_zero")
-
-
-def _positions(shape: tuple[int | None, ...]) -> int:
-    """Positions per (probe, channel) of a tap of shape (None, ..., C)."""
-    p = 1
-    for d in shape[1:-1]:
-        p *= int(d) if d is not None else 1
-    return p
-
-
-#: Per-probe size (positions x channels) from which sums run as matrix products and min/max as
-#: pooling: oneDNN's kernels are 2-3x faster than TensorFlow's middle-axis reductions on large
-#: maps, slower on small ones (bench/bench_sweep.py: -20 % forward time at 224 px, none at 64 px).
-LARGE_TAP = 32768
-
-
-def _reduce_tap(t: tf.Tensor) -> list[tf.Tensor]:
-    """(N, ..., C) -> per (N, C), in ``REDUCED_KEYS`` order: sum, M2, |x| sum, min, max, zeros.
-
-    Assumes finite values (cheap passes, small graph). A NaN or Inf makes the sum
-    non-finite; ``Extractor.run_reduced`` callers detect that and recompute the tap
-    from raw values with ``core.analysis.stats.moments``, which masks them.
-    """
-    t = tf.cast(t, tf.float32)
-    dims = t.shape[1:]
-    n, c = tf.shape(t)[0], tf.shape(t)[-1]
-    if dims.is_fully_defined() and len(dims) >= 1:
-        p, width = int(np.prod(dims[:-1], dtype=np.int64)), int(dims[-1])
-        if p == 1:  # one value per channel (dense, pooled, SE gates): the statistics are the value
-            v = tf.reshape(t, tf.stack([n, c]))
-            a = tf.abs(v)
-            return [v, tf.zeros_like(v), a, v, v, 1.0 - tf.sign(a)]
-        if p * width >= LARGE_TAP:
-            return _reduce_large(t, p, width)
-    t = tf.reshape(t, tf.stack([n, -1, c]))
-    p = tf.cast(tf.shape(t)[1], tf.float32)
-    s = tf.reduce_sum(t, axis=1)
-    a = tf.abs(t)
-    # squared_difference is one fused kernel; sign(|x|) counts non-zeros without a bool tensor
-    return [s, tf.reduce_sum(tf.math.squared_difference(t, (s / p)[:, None, :]), axis=1),
-            tf.reduce_sum(a, axis=1), tf.reduce_min(t, axis=1), tf.reduce_max(t, axis=1),
-            p - tf.reduce_sum(tf.sign(a), axis=1)]
-
-
-def _reduce_large(t: tf.Tensor, p: int, c: int) -> list[tf.Tensor]:
-    """``_reduce_tap`` for a tap with ``p`` positions and ``c`` channels per probe, both static and large.
-
-    Sums are a product with a row of ones, (1, 1, P) @ (N, P, C); min and max are one
-    max-pooling window over all positions.
-    """
-    n = tf.shape(t)[0]
-    t3 = tf.reshape(t, tf.stack([n, p, c]))
-    t4 = tf.reshape(t, tf.stack([n, p, 1, c]))
-    ones = tf.ones((1, 1, p), tf.float32)
-
-    def total(u: tf.Tensor) -> tf.Tensor:
-        return tf.matmul(ones, u)[:, 0, :]
-
-    def peak(u: tf.Tensor) -> tf.Tensor:
-        return tf.reshape(tf.nn.max_pool2d(u, (p, 1), (p, 1), "VALID"), tf.stack([n, c]))
-
-    s = total(t3)
-    a = tf.abs(t3)
-    return [s, total(tf.math.squared_difference(t3, (s / p)[:, None, :])), total(a), -peak(-t4), peak(t4),
-            p - total(tf.sign(a))]
-
-
-@dataclass(frozen=True, eq=False)  # eq on arrays is ambiguous
-class Reduced:
-    """Per-channel statistics of every tap, stacked along the channel axis (finite tensors only).
-
-    ``arrays[k]`` for k in ``REDUCED_KEYS`` is float32 (N, ΣC); tap ``taps[i]`` owns columns
-    ``offsets[i]:offsets[i + 1]`` and has ``totals[i]`` positions per channel.
-    """
-
-    taps: tuple[str, ...]
-    offsets: np.ndarray  # int64 (T + 1,)
-    totals: np.ndarray  # int64 (T,)
-    arrays: dict[str, np.ndarray]
-
-    def columns(self, tap: str) -> slice:
-        i = self.taps.index(tap)
-        return slice(int(self.offsets[i]), int(self.offsets[i + 1]))
-
-
-@dataclass(frozen=True)
-class Tap:
-    """One tappable tensor: ``shape`` has the batch dimension as None; ``default`` marks default taps."""
-
-    name: str
-    shape: tuple[int | None, ...]
-    kind: str
-    op_class: str
-    default: bool
+from core.engine.reductions import REDUCED_KEYS, Reduced, positions_per_channel, reduce_tap
+from core.engine.se import SEBlock, build_graph, op_class
+from core.engine.taps import Tap, VirtualLogits, list_tappable, tap_table
 
 
 @dataclass(frozen=True)
@@ -135,104 +25,6 @@ class WeightValues:
     trainable: tuple[tf.Tensor, ...]
     non_trainable: tuple[tf.Tensor, ...]
     paths: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class _VirtualLogits:
-    """Pre-activation of a Dense/1x1-Conv gate: ``input @ kernel + bias`` (the layer applies the sigmoid)."""
-
-    name: str
-    layer: Any
-    input_tensor: keras.KerasTensor
-    out_shape: tuple[int, ...]  # without batch
-
-
-def _add_is_merge(op: Any, graph: Graph) -> bool:
-    """An elementwise ``add`` op of two feature maps (a residual), not ``x + 3`` inside a hard sigmoid."""
-    ins = graph.inputs[id(op)]
-    return len(ins) == 2 and tuple(ins[0].shape) == tuple(ins[1].shape)
-
-
-def _generic_kind(op: Any, graph: Graph) -> str:
-    if isinstance(op, keras.layers.InputLayer):
-        return "input"
-    if isinstance(op, CONV_LAYERS):
-        return "conv"
-    if isinstance(op, keras.layers.Dense):
-        return "dense"
-    if isinstance(op, ACTIVATION_LAYERS) or (
-            not isinstance(op, keras.layers.Layer) and op_class(op) in ACTIVATION_OP_CLASSES):
-        return "activation"
-    if isinstance(op, keras.layers.Add) or (
-            not isinstance(op, keras.layers.Layer) and op_class(op) == "add" and _add_is_merge(op, graph)):
-        return "add"
-    if isinstance(op, NORM_LAYERS):
-        return "norm"
-    if isinstance(op, POOL_LAYERS):
-        return "pool"
-    return "other"
-
-
-def _se_kinds(blocks: Sequence[SEBlock]) -> dict[str, str]:
-    kinds: dict[str, str] = {}
-    for b in blocks:
-        kinds[b.squeeze] = "se_squeeze"
-        if b.hidden:
-            kinds[b.hidden] = "se_hidden"
-        kinds[b.logits_tap] = "se_logits"
-        kinds[b.gate] = "se_gate"
-        kinds[b.excite] = "se_excite"
-    return kinds
-
-
-def _virtual_logits(graph: Graph, block: SEBlock) -> _VirtualLogits | None:
-    """Describe how to compute a Dense-gate's logits; None when the layer is not a plain matmul."""
-    if block.gate_from_dense is None:
-        return None
-    layer = graph.op_named(block.gate_from_dense)
-    kernel = getattr(layer, "kernel", None)
-    ins = graph.inputs[id(layer)]
-    if not isinstance(kernel, keras.Variable) or len(ins) != 1:
-        return None
-    k_shape = tuple(kernel.shape)
-    is_matmul = len(k_shape) == 2 or (
-        isinstance(layer, keras.layers.Conv2D) and k_shape[:2] == (1, 1)
-        and getattr(layer, "groups", 1) == 1 and tuple(ins[0].shape[1:3]) == (1, 1))
-    if not is_matmul:
-        return None
-    out_shape = tuple(int(d) for d in graph.outputs[id(layer)].shape[1:])
-    return _VirtualLogits(block.logits_tap, layer, ins[0], out_shape)
-
-
-def _tap_table(model: keras.Model) -> tuple[Graph, list[SEBlock], list[Tap], dict[str, Any]]:
-    """(graph, SE blocks, taps in graph order, tap name -> KerasTensor or _VirtualLogits)."""
-    graph = build_graph(model)
-    blocks = se_blocks_of(graph)
-    se_kinds = _se_kinds(blocks)
-    virtual = {v.layer.name: v for v in (_virtual_logits(graph, b) for b in blocks) if v is not None}
-    taps: list[Tap] = []
-    sources: dict[str, Any] = {}
-    for op in graph.ops:
-        name = graph.name(op)
-        if name in virtual:  # logits just before the gate they feed
-            v = virtual[name]
-            taps.append(Tap(v.name, (None, *v.out_shape), "se_logits", "Logits", True))
-            sources[v.name] = v
-        out = graph.outputs[id(op)]
-        kind = se_kinds.get(name) or _generic_kind(op, graph)
-        taps.append(Tap(name, tuple(out.shape), kind, type(op).__name__, kind in DEFAULT_KINDS))
-        sources[name] = out
-    return graph, blocks, taps, sources
-
-
-def list_tappable(model: keras.Model) -> list[Tap]:
-    """Every tappable tensor of ``model`` (single-output ops plus SE virtual logits), graph order."""
-    return _tap_table(model)[2]
-
-
-def default_taps(model: keras.Model) -> list[str]:
-    """Conv, activation, merge-add, Dense and SE (gate, logits, hidden, excite) tap names, graph order."""
-    return [t.name for t in list_tappable(model) if t.default]
 
 
 def _check_names(requested: Sequence[str], valid: Sequence[str]) -> None:
@@ -260,14 +52,16 @@ class Extractor:
 
     Thread-safe: ``run`` touches no shared mutable state (weights are arguments of the
     traced function), so threads may extract different checkpoints concurrently.
-    ``trace_count`` counts Python traces of all compiled functions; it stays 1 across
-    checkpoints and batch sizes for ``run``.
+    ``trace_count`` counts Python traces of all compiled functions (each is traced on first use);
+    it stays 1 across checkpoints and batch sizes for ``run``.
     """
 
     def __init__(self, model: keras.Model, taps: list[str] | None = None,
                  batch_size_hint: int | None = None) -> None:
         self.model = model
-        _graph, blocks, table, sources = _tap_table(model)
+        graph, blocks, table, sources = tap_table(model)
+        model = graph.model  # the Functional view: same variables, a graph to tap (Sequential, nested...)
+        self._view = model
         self.se_blocks: list[SEBlock] = blocks
         self.tappable: list[Tap] = table
         names = [t.name for t in table]
@@ -300,11 +94,11 @@ class Extractor:
             [tf.TensorSpec(v.shape, v.dtype) for v in self._state_vars],
         )
         self._x_spec = tf.TensorSpec((None, *self._input.shape[1:]), self._input.dtype)
-        self._forward = self._compile(self._forward_body(training=False))
+        self._forward: Any = None  # traced on first ``run``: a sweep needs only ``run_reduced``'s function
         self._forward_train: Any = None
         self._grad_fns: dict[bool, Any] = {}
         self._reduced_fns: dict[tuple[str, ...], Any] = {}
-        self._tap_positions = {t.name: _positions(t.shape) for t in table}
+        self._tap_positions = {t.name: positions_per_channel(t.shape) for t in table}
         shape = {t.name: t.shape for t in table}
         # layout of run_reduced's stacked statistics: tap i owns columns offsets[i]:offsets[i + 1]
         self._red_offsets = np.concatenate([[0], np.cumsum([int(shape[t][-1]) for t in self.taps])]).astype(np.int64)
@@ -333,7 +127,7 @@ class Extractor:
         var_index = self._var_index
         for name in self.taps:
             src = sources[name]
-            if isinstance(src, _VirtualLogits):
+            if isinstance(src, VirtualLogits):
                 bias = getattr(src.layer, "bias", None) if getattr(src.layer, "use_bias", False) else None
                 virtual[name] = (output_slot(src.input_tensor), var_index[id(src.layer.kernel)],
                                  var_index[id(bias)] if bias is not None else None, src.out_shape)
@@ -343,11 +137,18 @@ class Extractor:
 
     # ---- compiled functions --------------------------------------------------------------------
 
-    def _compile(self, body: Any) -> Any:
-        fn = tf.function(body, input_signature=[*self._weight_spec, self._x_spec], autograph=False)
-        with self._lock:
-            fn.get_concrete_function()  # trace now, never concurrently from callers' threads
-        return fn
+    def prepare(self) -> None:
+        """Trace ``run``'s function now (it is otherwise traced on the first ``run``), e.g. under a spinner."""
+        self._forward_fn()
+
+    def _forward_fn(self) -> Any:
+        with self._lock:  # trace once, never concurrently from callers' threads
+            if self._forward is None:
+                fn = tf.function(self._forward_body(training=False),
+                                 input_signature=[*self._weight_spec, self._x_spec], autograph=False)
+                fn.get_concrete_function()
+                self._forward = fn
+        return self._forward
 
     def _forward_values(self, values: Sequence[tf.Tensor | None], x: tf.Tensor, training: bool) -> list[tf.Tensor]:
         """The taps from ``values`` (one per variable; only those of ``used_paths`` are read) while tracing."""
@@ -396,7 +197,7 @@ class Extractor:
         def body(trainable, non_trainable, x):
             outs = forward(trainable, non_trainable, x)
             by_name = dict(zip(self.taps, outs))
-            per_tap = [_reduce_tap(t) for t in outs]
+            per_tap = [reduce_tap(t) for t in outs]
             stacked = [tf.concat([r[k] for r in per_tap], axis=1) for k in range(len(REDUCED_KEYS))]
             return stacked, [by_name[n] for n in raw]
 
@@ -472,14 +273,14 @@ class Extractor:
 
     def run(self, weights: WeightValues, x: np.ndarray) -> dict[str, np.ndarray]:
         """Inference-mode values of every tap. x: float32 (N, H, W, C) -> {tap: (N, ...)}."""
-        return self._call(self._forward, weights, x)
+        return self._call(self._forward_fn(), weights, x)
 
     def run_used(self, mapping: Mapping[str, Any], x: np.ndarray) -> dict[str, np.ndarray]:
         """``run`` with checkpoint arrays keyed by ``variable.path``, of which only ``used_paths`` are read.
 
         Its traced function takes only those variables: for an early tap two tensors instead of
-        all of the model's, each of which costs the call ~15 us to bind (the whole call of a
-        first-layer tap on the demo net: 0.6 ms instead of 1.4). Errors as ``weights_from_mapping``.
+        all of the model's, each of which the call must bind (for a first-layer tap that binding is
+        most of the call). Errors as ``weights_from_mapping``.
         """
         with self._lock:
             if self._used_fn is None:
@@ -509,7 +310,7 @@ class Extractor:
     def _output_is_probability(self) -> bool:
         """True when the model ends in a softmax (then the loss takes probabilities, not logits)."""
         graph = build_graph(self.model)
-        out = self.model.outputs[0]
+        out = self._view.outputs[0]
         op = graph.producer.get(id(out))
         act = getattr(op, "activation", None)
         return getattr(act, "__name__", "") == "softmax" or isinstance(op, keras.layers.Softmax) or (
@@ -519,7 +320,7 @@ class Extractor:
         with self._lock:
             if training in self._grad_fns:
                 return self._grad_fns[training]
-            if len(self.model.outputs) != 1:
+            if len(self._view.outputs) != 1:
                 raise ValueError("gradients need a single-output classification model")
             from_probs = self._output_is_probability()
             y_spec = tf.TensorSpec((None,), tf.int64)
@@ -529,7 +330,7 @@ class Extractor:
                 trainable = list(trainable)
                 with tf.GradientTape() as tape:
                     tape.watch(trainable)
-                    out, _ = self.model.stateless_call(trainable, list(non_trainable), x, training=training)
+                    out, _ = self._view.stateless_call(trainable, list(non_trainable), x, training=training)
                     loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(
                         y, out, from_logits=not from_probs))
                 grads = tape.gradient(loss, trainable)

@@ -1,4 +1,4 @@
-"""Find squeeze-and-excitation blocks in a functional Keras model by graph structure, not by names."""
+"""Find squeeze-and-excitation blocks in any Keras model by graph structure, not by names."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,6 +8,8 @@ from typing import Any
 
 import keras
 import numpy as np
+
+from core.engine.graph import Graph, build_graph  # noqa: F401  (re-exported)
 
 # Op classes (Keras layers or `keras.ops` nodes) are recognised by class name so that
 # elementary ops, whose classes live in private modules, need no private import.
@@ -57,67 +59,6 @@ class SEBlock:
     def logits_tap(self) -> str:
         """Tap name of the logits: the tensor's name, or a virtual ``<dense>/logits`` tap."""
         return self.logits if self.logits is not None else f"{self.gate_from_dense}/logits"
-
-
-@dataclass(frozen=True)
-class Graph:
-    """Read-only view of a functional model's op graph built from public ``op.input``/``op.output``.
-
-    ``names`` maps ``id(op)`` to a unique tap name (the op's name; duplicates get ``:k``).
-    Ops called more than once (shared layers) have no single output and are left out.
-    """
-
-    ops: tuple[Any, ...]
-    names: dict[int, str]
-    producer: dict[int, Any]
-    inputs: dict[int, tuple[keras.KerasTensor, ...]]
-    outputs: dict[int, keras.KerasTensor]
-
-    def name(self, op: Any) -> str:
-        return self.names[id(op)]
-
-    def input_ops(self, op: Any) -> list[Any]:
-        return [self.producer[id(t)] for t in self.inputs[id(op)] if id(t) in self.producer]
-
-    def op_named(self, name: str) -> Any:
-        for op in self.ops:
-            if self.names[id(op)] == name:
-                return op
-        raise KeyError(name)
-
-
-def _single_output(op: Any) -> keras.KerasTensor | None:
-    try:
-        out = op.output
-    except (AttributeError, ValueError, RuntimeError):
-        return None  # shared layer: several call sites, no unique tensor
-    flat = keras.tree.flatten(out)
-    return flat[0] if len(flat) == 1 else None
-
-
-def _inputs(op: Any) -> tuple[keras.KerasTensor, ...]:
-    try:
-        return tuple(t for t in keras.tree.flatten(op.input) if isinstance(t, keras.KerasTensor))
-    except (AttributeError, ValueError, RuntimeError):
-        return ()
-
-
-def build_graph(model: keras.Model) -> Graph:
-    """Index ``model.operations`` by output tensor; ``op._inbound_nodes`` is avoided on purpose."""
-    ops, names, producer, inputs, outputs = [], {}, {}, {}, {}
-    seen: dict[str, int] = {}
-    for op in model.operations:
-        out = _single_output(op)
-        if out is None:
-            continue
-        k = seen.get(op.name, 0)
-        seen[op.name] = k + 1
-        ops.append(op)
-        names[id(op)] = op.name if k == 0 else f"{op.name}:{k}"
-        producer[id(out)] = op
-        outputs[id(op)] = out
-        inputs[id(op)] = _inputs(op)
-    return Graph(tuple(ops), names, producer, inputs, outputs)
 
 
 def op_class(op: Any) -> str:

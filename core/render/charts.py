@@ -5,7 +5,8 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-X_FIELDS = {"mini_epoch": "mini-epoch", "images_seen": "images seen"}
+from core.analysis.axes import X_FIELDS, x_map
+
 
 
 def placeholder(message: str, width: int = 400, height: int = 60) -> alt.Chart:
@@ -37,7 +38,7 @@ def training_curves(history: pd.DataFrame, x: str = "mini_epoch", runs: str | No
         color = (alt.Color(f"{runs}:N", title="run") if runs
                  else alt.Color("series:N", title=None, legend=alt.Legend(orient="bottom")))
         base = alt.Chart(long).encode(
-            x=alt.X(f"{x}:Q", title=X_FIELDS[x]),
+            x=x_encoding(x),
             y=alt.Y("value:Q", title=title, scale=alt.Scale(type="log") if title == "learning rate" else alt.Scale()),
             color=color,
             strokeDash=alt.StrokeDash("series:N", title=None) if runs else alt.value([1, 0]),
@@ -45,8 +46,12 @@ def training_curves(history: pd.DataFrame, x: str = "mini_epoch", runs: str | No
                      alt.Tooltip("series:N"), alt.Tooltip("value:Q", format=".4g")],
         )
         lines = base.mark_line(point=alt.OverlayMarkDef(size=20))
-        rule = alt.Chart(long).mark_rule(color="#999").encode(x=f"{x}:Q").transform_filter(sel)
-        charts.append((lines.add_params(sel) + rule).properties(width=230, height=190, title=title))
+        # The hover selection sits on invisible points (Vega-Lite's nearest does not work on lines); the
+        # rule is drawn everywhere and shown only where selected (a filtered, empty rule warns in the browser).
+        catch = base.mark_point(opacity=0).add_params(sel)
+        rule = alt.Chart(long).mark_rule(color="#999").encode(
+            x=x_encoding(x), opacity=alt.condition(sel, alt.value(1), alt.value(0)))
+        charts.append((lines + catch + rule).properties(width=230, height=190, title=title))
     return alt.hconcat(*charts).resolve_scale(color="independent")
 
 
@@ -60,6 +65,11 @@ MAX_LEGEND = 14  # more series than this: no legend, colour by order (depth) ins
 STAT_COLORS = {"min": "#4c78a8", "max": "#e45756", "mean": "#54a24b", "std": "#f58518"}
 DASHES = [[1, 0], [6, 3], [2, 2], [8, 3, 2, 3], [1, 3], [10, 4]]
 WIDTH, HEIGHT = 620, 240
+#: Legends of lines (with points): each entry a stroke in its colour, not the points' dot.
+LINE_LEGEND = alt.Legend(orient="bottom", symbolType="stroke", symbolStrokeWidth=2.5, symbolSize=300, labelLimit=240)
+#: ... and of dash styles alone (no colour of their own): grey strokes in each dash pattern.
+DASH_LEGEND = alt.Legend(orient="bottom", symbolType="stroke", symbolStrokeWidth=2.5, symbolSize=300,
+                         symbolStrokeColor="#444444", labelLimit=240)
 
 
 def _s(df: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
@@ -69,21 +79,6 @@ def _s(df: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
         if c in out and (isinstance(out[c].dtype, pd.CategoricalDtype) or out[c].dtype == object):
             out[c] = out[c].astype(str)
     return out
-
-
-def x_map(history: pd.DataFrame | None, mini_epochs, mini_epoch_images: int = 0) -> pd.DataFrame:
-    """mini_epoch -> images_seen for the given mini-epochs (history first; else mini_epoch * size; 0 at 0).
-
-    Returns a frame with columns mini_epoch (int), images_seen (float).
-    """
-    me = pd.Series(sorted(set(int(m) for m in mini_epochs)), dtype="int64")
-    seen = pd.Series(me * float(mini_epoch_images or 0), index=me.index, dtype="float64")
-    if history is not None and len(history) and "images_seen" in history:
-        h = history.dropna(subset=["images_seen"]).set_index("mini_epoch")["images_seen"]
-        got = me.map(h)
-        seen = got.where(got.notna(), seen if mini_epoch_images else got)
-    seen[me == 0] = 0.0
-    return pd.DataFrame({"mini_epoch": me, "images_seen": seen})
 
 
 def with_x(df: pd.DataFrame, x: str, history: pd.DataFrame | None = None, mini_epoch_images: int = 0
@@ -97,11 +92,26 @@ def with_x(df: pd.DataFrame, x: str, history: pd.DataFrame | None = None, mini_e
     return df.merge(m, on="mini_epoch", how="left")
 
 
-def _x(x: str, ordinal: bool = False) -> alt.X:
+def x_encoding(x: str, ordinal: bool = False) -> alt.X:
+    """The x encoding of a chart over training: mini-epochs as whole numbers, images seen as 1.2k / 3M."""
     if ordinal:
         return alt.X(f"{x}:O", title=X_FIELDS[x], axis=alt.Axis(labelOverlap=True, labelAngle=0))
     axis = alt.Axis(format="~s") if x == "images_seen" else alt.Axis(tickMinStep=1, format="d")
     return alt.X(f"{x}:Q", title=X_FIELDS[x], axis=axis)
+
+
+def log_scale(values: pd.Series) -> alt.Scale:
+    """A log y scale that keeps zeros (a dead channel, a switched-off squeeze path) on the chart.
+
+    With values <= 0 it is symmetric-log, linear below the smallest positive magnitude, so zeros sit at
+    the bottom of the axis instead of disappearing.
+    """
+    v = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
+    v = v[np.isfinite(v)]
+    if not len(v) or (v > 0).all():
+        return alt.Scale(type="log")
+    pos = np.abs(v[v != 0])
+    return alt.Scale(type="symlog", constant=float(pos.min()) if len(pos) else 1.0)
 
 
 def _tt(x: str) -> alt.Tooltip:
@@ -135,8 +145,9 @@ def activation_dynamics(df: pd.DataFrame, x: str = "mini_epoch", log: bool = Fal
         return e
     d = _s(df, ["image"])
     images = list(dict.fromkeys(d["image"]))
+    # the legend draws each image's dash pattern (lines with points otherwise get a dot per entry)
     dash = alt.StrokeDash("image:N", title="image", scale=alt.Scale(domain=images, range=DASHES[:len(images)]),
-                          legend=alt.Legend(orient="bottom") if len(images) > 1 else None)
+                          legend=DASH_LEGEND if len(images) > 1 else None)
     color = alt.Color("stat:N", title=None, scale=alt.Scale(domain=list(STAT_COLORS), range=list(STAT_COLORS.values())),
                       legend=alt.Legend(orient="top"))
     tips = [_tt(x) if x == "images_seen" else alt.Tooltip("mini_epoch:Q", title="mini-epoch"),
@@ -146,13 +157,13 @@ def activation_dynamics(df: pd.DataFrame, x: str = "mini_epoch", log: bool = Fal
     right = d.melt(id_vars=[x, "image"] + (["mini_epoch"] if x != "mini_epoch" else []),
                    value_vars=["std"], var_name="stat", value_name="value")
     if log:
-        right = right[right["value"] > 0]
+        right = right[right["value"] >= 0]  # zeros stay (log_scale)
     lines_l = alt.Chart(left).mark_line(point=alt.OverlayMarkDef(size=18)).encode(
-        x=_x(x), y=alt.Y("value:Q", title="min / max / mean",
+        x=x_encoding(x), y=alt.Y("value:Q", title="min / max / mean",
                          scale=alt.Scale(type="symlog") if log else alt.Scale(zero=False)),
         color=color, strokeDash=dash, detail="stat:N", tooltip=tips)
     lines_r = alt.Chart(right).mark_line(point=alt.OverlayMarkDef(size=18), strokeWidth=2.5).encode(
-        x=_x(x), y=alt.Y("value:Q", title="std", scale=alt.Scale(type="log") if log else alt.Scale(zero=True),
+        x=x_encoding(x), y=alt.Y("value:Q", title="std", scale=log_scale(right["value"]) if log else alt.Scale(zero=True),
                          axis=alt.Axis(titleColor=STAT_COLORS["std"], orient="right")),
         color=color, strokeDash=dash, tooltip=tips)
     top = _props(alt.layer(lines_l, lines_r).resolve_scale(y="independent"), width, HEIGHT, title)
@@ -174,10 +185,10 @@ def loss_panel(history: pd.DataFrame | None, x: str = "mini_epoch", width: int =
     long = h.melt(id_vars=["mini_epoch"] + (["images_seen"] if x == "images_seen" else []), value_vars=cols,
                   var_name="series", value_name="value").dropna(subset=["value"])
     return alt.Chart(long).mark_line(point=alt.OverlayMarkDef(size=14)).encode(
-        x=_x(x), y=alt.Y("value:Q", title="loss", scale=alt.Scale(type="log") if log else alt.Scale(zero=False)),
+        x=x_encoding(x), y=alt.Y("value:Q", title="loss", scale=alt.Scale(type="log") if log else alt.Scale(zero=False)),
         color=alt.Color("series:N", title=None, scale=alt.Scale(domain=["loss", "val_loss"],
                                                                 range=["#333333", "#9d755d"]),
-                        legend=alt.Legend(orient="bottom")),
+                        legend=LINE_LEGEND),
         tooltip=[alt.Tooltip("mini_epoch:Q", title="mini-epoch"), alt.Tooltip("series:N"),
                  alt.Tooltip("value:Q", title="loss", format=".4g")],
     ).properties(width=width, height=height)
@@ -197,7 +208,7 @@ def channel_heatmap(df: pd.DataFrame, value: str = "std", x: str = "mini_epoch",
     h = max(160, min(640, 10 * n_ch))
     tips = [alt.Tooltip("channel:O"), alt.Tooltip("mini_epoch:O", title="mini-epoch"),
             alt.Tooltip(f"{value}:Q", format=".4g")]
-    base = alt.Chart(d).encode(x=_x(x, ordinal=True), y=alt.Y("channel:O", title="channel",
+    base = alt.Chart(d).encode(x=x_encoding(x, ordinal=True), y=alt.Y("channel:O", title="channel",
                                                                axis=alt.Axis(labelOverlap=True)), tooltip=tips)
     diverging = value == "mean"
     if log and not diverging:
@@ -255,7 +266,7 @@ def collapse_heatmap(norm: pd.DataFrame, ref_mini_epoch: int = 1, x: str = "mini
             alt.Tooltip("value:Q", title="std", format=".4g"),
             alt.Tooltip("ref:Q", title=f"std at mini-epoch {ref_mini_epoch}", format=".4g"),
             alt.Tooltip("ratio:Q", title="ratio", format=".3g")]
-    base = alt.Chart(d).encode(x=_x(x, ordinal=True), y=alt.Y("layer:N", sort=order, title=None), tooltip=tips)
+    base = alt.Chart(d).encode(x=x_encoding(x, ordinal=True), y=alt.Y("layer:N", sort=order, title=None), tooltip=tips)
     bad = base.transform_filter("!isValid(datum.shown) || !isFinite(datum.shown)").mark_rect(color="#d0d0d0")
     good = base.transform_filter("isValid(datum.shown) && isFinite(datum.shown)").mark_rect().encode(
         color=alt.Color("shown:Q", title=f"std ÷ std@{ref_mini_epoch}",
@@ -295,7 +306,7 @@ def hist_evolution(hist: pd.DataFrame, x: str = "mini_epoch", title: str = "", w
     if x == "images_seen" and "images_seen" in hist:
         d["images_seen"] = hist["images_seen"].to_numpy()
     return _props(alt.Chart(d).mark_rect().encode(
-        x=_x(x, ordinal=True), y=alt.Y("bin_left:Q", title=ytitle, bin="binned"), y2="bin_right:Q",
+        x=x_encoding(x, ordinal=True), y=alt.Y("bin_left:Q", title=ytitle, bin="binned"), y2="bin_right:Q",
         color=alt.Color("fraction:Q", scale=alt.Scale(scheme="greys", type="sqrt"), title="fraction"),
         tooltip=[alt.Tooltip("mini_epoch:O", title="mini-epoch"), alt.Tooltip("bin_left:Q", title="from", format=".3g"),
                  alt.Tooltip("bin_right:Q", title="to", format=".3g"), alt.Tooltip("fraction:Q", format=".1%")],
@@ -318,13 +329,31 @@ def gate_fractions(gates: pd.DataFrame, x: str = "mini_epoch", width: int = 215,
     long = d.melt(id_vars=keys, value_vars=list(GATE_FRACTIONS), var_name="measure", value_name="fraction")
     panels = []
     for m, t in GATE_FRACTIONS.items():
-        panels.append(alt.Chart(long[long["measure"] == m]).mark_line(point=alt.OverlayMarkDef(size=14)).encode(
-            x=_x(x), y=alt.Y("fraction:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%"), title=None),
+        part = long[long["measure"] == m]
+        same = coinciding_series(part, "block", "mini_epoch", "fraction")
+        # Identical lines hide each other: dash and marker per block, and the subtitle names them.
+        title = alt.TitleParams(t, subtitle=["same line: " + ", ".join(g) for g in same] or "")
+        panels.append(alt.Chart(part).mark_line(point=alt.OverlayMarkDef(size=30, filled=False)).encode(
+            x=x_encoding(x), y=alt.Y("fraction:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%"), title=None),
             color=alt.Color("block:N", title="SE block"),
+            strokeDash=alt.StrokeDash("block:N", title="SE block"),
+            shape=alt.Shape("block:N", title="SE block"),
             tooltip=[alt.Tooltip("block:N"), alt.Tooltip("mini_epoch:Q", title="mini-epoch"),
                      alt.Tooltip("fraction:Q", format=".1%")],
-        ).properties(width=width, height=height, title=t))
+        ).properties(width=width, height=height, title=title))
     return alt.hconcat(*panels)
+
+
+def coinciding_series(df: pd.DataFrame, by: str, x: str, y: str) -> list[list[str]]:
+    """Groups (two or more, sorted) of ``by`` values whose (x, y) series are identical: lines drawn on top
+    of each other, which a chart must name since only the last one drawn is visible."""
+    if df is None or df.empty:
+        return []
+    groups: dict[tuple, list[str]] = {}
+    for key, g in df.groupby(by, observed=True):
+        sig = tuple(g.sort_values(x)[[x, y]].round(9).itertuples(index=False, name=None))
+        groups.setdefault(sig, []).append(str(key))
+    return sorted(sorted(v) for v in groups.values() if len(v) > 1)
 
 
 def mean_over_probes(df: pd.DataFrame, keys: list[str], cols: list[str]) -> pd.DataFrame:
@@ -335,10 +364,11 @@ def mean_over_probes(df: pd.DataFrame, keys: list[str], cols: list[str]) -> pd.D
 
 def lines_by(df: pd.DataFrame, y: str, by: str, x: str = "mini_epoch", log: bool = False, title: str = "",
              ytitle: str | None = None, width: int = WIDTH, height: int = HEIGHT, legend: bool = True,
-             sort: list[str] | None = None) -> alt.Chart:
+             sort: list[str] | None = None, legend_orient: str = "right") -> alt.Chart:
     """One line per value of ``by`` (layer, block, channel...) of column ``y`` over checkpoints; hover shows it.
 
     df: one row per (``by``, mini_epoch) (+ images_seen). ``log``: log y (non-positive values dropped).
+    ``legend_orient``: "bottom" for a chart in a narrow column (a right legend would be clipped).
     ``sort``: the order of the series (depth order for layers). Beyond MAX_LEGEND series there is no
     legend; the colour then runs along ``sort`` (light = first, dark = last) and hover names a line.
     """
@@ -347,14 +377,15 @@ def lines_by(df: pd.DataFrame, y: str, by: str, x: str = "mini_epoch", log: bool
     d = _s(df, [by])
     d = d[np.isfinite(d[y].astype(float))]
     if log:
-        d = d[d[y] > 0]
+        d = d[d[y] >= 0]  # zeros stay (log_scale)
     if d.empty:
-        return placeholder(f"No finite {'positive ' if log else ''}values of {ytitle or y}.", width=width)
+        return placeholder(f"No finite {'non-negative ' if log else ''}values of {ytitle or y}.", width=width)
     hover = alt.selection_point(fields=[by], on="pointerover", nearest=True, empty=True)
     n = d[by].nunique()
     if n <= MAX_LEGEND:
         color = alt.Color(f"{by}:N", title=by, sort=sort or "ascending",
-                          legend=alt.Legend(symbolLimit=0, labelLimit=160) if legend else None)
+                          legend=alt.Legend(symbolLimit=0, labelLimit=160, orient=legend_orient,
+                                            columns=2 if legend_orient == "bottom" else 1) if legend else None)
     else:  # a legend this long gets clipped in Streamlit: colour follows ``sort`` (depth), hover names the line
         order = [v for v in (sort or sorted(d[by].unique())) if v in set(d[by])]
         color = alt.Color(f"{by}:N", title=f"{by} (dark = deep)", sort=order,
@@ -364,12 +395,23 @@ def lines_by(df: pd.DataFrame, y: str, by: str, x: str = "mini_epoch", log: bool
     if x == "images_seen":
         tips.insert(2, _tt(x))
     base = alt.Chart(d).encode(
-        x=_x(x), y=alt.Y(f"{y}:Q", title=ytitle or y, scale=alt.Scale(type="log") if log else alt.Scale(zero=False)),
+        x=x_encoding(x), y=alt.Y(f"{y}:Q", title=ytitle or y, scale=log_scale(d[y]) if log else alt.Scale(zero=False),
+                                 axis=alt.Axis(titleLimit=max(height, 120))),  # a long title ends in "…" inside the chart, not cut off by the canvas
         color=color, tooltip=tips)
     lines = base.mark_line().encode(opacity=alt.condition(hover, alt.value(1.0), alt.value(0.25)),
                                     strokeWidth=alt.condition(hover, alt.value(2.5), alt.value(1.5)))
     pts = base.mark_point(size=18, filled=True).add_params(hover)
     return _props(alt.layer(lines, pts), width, height, title)
+
+
+def top_series(df: pd.DataFrame, by: str, y: str, n: int) -> pd.DataFrame:
+    """The rows of the ``n`` series of ``by`` with the largest ``y`` at their last checkpoint (the rest of
+    a many-layer chart is a tangle without a legend)."""
+    if df is None or df.empty or df[by].nunique() <= n:
+        return df
+    last = df.sort_values("mini_epoch").groupby(by, observed=True)[y].last().astype(float).fillna(-np.inf)
+    keep = set(last.sort_values(ascending=False, kind="stable").index[:n])
+    return df[df[by].isin(keep)].reset_index(drop=True)
 
 
 def gate_product(gates: pd.DataFrame, block_order: list[str]) -> pd.DataFrame:
@@ -404,7 +446,7 @@ def gate_channel_lines(gc: pd.DataFrame, x: str = "mini_epoch", value: str = "ga
     d["channel"] = d["channel"].astype(int)
     hover = alt.selection_point(fields=["channel"], on="pointerover", nearest=True, empty=False)
     base = alt.Chart(d).encode(
-        x=_x(x), y=alt.Y(f"{value}:Q", title=value, scale=alt.Scale(domain=[0, 1]) if value == "gate" else alt.Scale()),
+        x=x_encoding(x), y=alt.Y(f"{value}:Q", title=value, scale=alt.Scale(domain=[0, 1]) if value == "gate" else alt.Scale()),
         detail="channel:N",
         tooltip=[alt.Tooltip("channel:Q"), alt.Tooltip("mini_epoch:Q", title="mini-epoch"),
                  alt.Tooltip(f"{value}:Q", format=".4g")])

@@ -3,17 +3,18 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import math
-import struct
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Literal, Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+
+from core.render.raster import PARALLEL_DEFLATE_BYTES, draw_text, stack, text_mask, to_png
+from core.run.images import resize_rgb
+
+# re-exported: callers draw and encode grids through this module
+__all__ = ["PARALLEL_DEFLATE_BYTES", "draw_text", "stack", "text_mask", "to_png"]
 
 Mode = Literal["channel", "layer", "fixed"]
 SortKey = Literal["index", "std", "mean"]
@@ -162,7 +163,7 @@ def apply_colormap(x01: np.ndarray, lut: np.ndarray) -> np.ndarray:
     """Values in [0, 1] (any shape S, NaN allowed) -> uint8 (*S, 3) through ``lut`` (256, 3).
 
     The result may be a strided view (of an (*S, 4) array): each pixel is gathered as one
-    4-byte word, 3-4x faster than gathering (256, 3) rows.
+    4-byte word instead of a row of three bytes (bench/bench_internals.py times both).
     """
     nan = ~np.isfinite(x01)
     idx = np.clip(np.nan_to_num(x01, nan=0.0) * 255.0 + 0.5, 0, 255).astype(np.uint8)
@@ -228,15 +229,6 @@ def upscale(img: np.ndarray, k: int) -> np.ndarray:
     return np.repeat(np.repeat(img, k, axis=-3), k, axis=-2)
 
 
-def resize_rgb(img: np.ndarray, h: int, w: int) -> np.ndarray:
-    """uint8 (H, W, C) image (C 1 or 3) -> uint8 (h, w, 3), bilinear."""
-    if img.ndim == 3 and img.shape[-1] == 1:
-        img = np.repeat(img, 3, axis=-1)
-    if img.shape[:2] == (h, w):
-        return img.astype(np.uint8)
-    return np.asarray(Image.fromarray(img.astype(np.uint8)).resize((w, h), Image.Resampling.BILINEAR))
-
-
 def blend(rgb: np.ndarray, base: np.ndarray, alpha: float) -> np.ndarray:
     """(1 - alpha) * rgb + alpha * base for uint8 (..., 3) arrays broadcastable to each other."""
     if alpha <= 0:
@@ -245,56 +237,9 @@ def blend(rgb: np.ndarray, base: np.ndarray, alpha: float) -> np.ndarray:
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError):  # Pillow without FreeType
-        return ImageFont.load_default()
-
-
-@lru_cache(maxsize=8)
-def _glyphs(size: int) -> tuple[dict[str, np.ndarray], int]:
-    """Alpha masks uint8 (H, advance) of the printable ASCII characters in the label font, and H."""
-    font = _font(size)
-    ascent, descent = font.getmetrics() if hasattr(font, "getmetrics") else (size, 2)
-    h = ascent + descent
-    out = {}
-    for code in range(32, 127):
-        ch = chr(code)
-        w = max(1, int(round(font.getlength(ch))))
-        im = Image.new("L", (w, h), 0)
-        ImageDraw.Draw(im).text((0, 0), ch, fill=255, font=font)
-        out[ch] = np.asarray(im)
-    return out, h
-
-
-@lru_cache(maxsize=8192)
-def text_mask(text: str, size: int) -> np.ndarray:
-    """One line of text as an alpha mask uint8 (H, W) from cached glyphs (no kerning; fast)."""
-    glyphs, h = _glyphs(size)
-    parts = [glyphs.get(ch, glyphs["?"]) for ch in text]
-    out = np.hstack(parts) if parts else np.zeros((h, 0), np.uint8)
-    out.flags.writeable = False  # cached and shared
-    return out
-
-
-def draw_text(img: np.ndarray, y: int, x: int, text: str, size: int, colour: tuple[int, int, int],
-              spacing: int = 1) -> None:
-    """Draw (multi-line) ``text`` into uint8 (H, W, 3) ``img`` at (y, x), in place, clipped to the image."""
-    for line in text.split("\n"):
-        m = text_mask(line, size)
-        hh, ww = m.shape
-        y1, x1 = min(img.shape[0], y + hh), min(img.shape[1], x + ww)
-        if y1 > y and x1 > x:
-            a = m[:y1 - y, :x1 - x, None].astype(np.float32) / 255.0
-            reg = img[y:y1, x:x1].astype(np.float32)
-            img[y:y1, x:x1] = (reg * (1.0 - a) + np.asarray(colour, np.float32) * a + 0.5).astype(np.uint8)
-        y += hh + spacing
-
-
 def fmt(v: float) -> str:
     """Compact number for tile labels: 3 significant digits, 1.4e-3 style below 0.01 and from 1e4, 'nan' for NaN."""
-    v = float(v)  # a Python float: ~5x faster to test and format than a numpy scalar
+    v = float(v)  # a Python float: quicker to test and format than a numpy scalar
     if not math.isfinite(v):
         return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
     a = abs(v)
@@ -467,7 +412,7 @@ def tiles_html(tiles: np.ndarray, k: int, *, labels: Sequence[str] | None = None
         cells.append(f'<div class="c"{title}><div class="t" style="background-position:0 -{i * th}px">{inner}'
                      f'</div>{lab}</div>')
     # the images go in an attribute, not in <style>: Streamlit scans <style> blocks character by
-    # character (a regex), ~7 ms per MB
+    # character (a regex), which is slow on megabytes of data URIs
     images = f"--ade-sprite:url({data_uri(sprite)})" + (f";--ade-base:url({base_uri})" if overlay else "")
     return f'<style>{"".join(css)}</style><div class="{kind} {cls}" style="{images}">{"".join(cells)}</div>'
 
@@ -540,72 +485,6 @@ def colorbar(cmap: str, lo: float | None, hi: float | None, width: int = 320, he
     if cmap in DIVERGING and low_text is None:
         draw_text(out, height + 1, width // 2 - 3, "0", 11, ink)
     return out
-
-
-def stack(images: Sequence[np.ndarray], gap: int = 8, background: int = 255) -> np.ndarray:
-    """uint8 RGB images (H_i, W_i, 3) one under the other, left-aligned, ``gap`` px apart -> uint8 (H, max W_i, 3)."""
-    h = sum(im.shape[0] for im in images) + gap * max(0, len(images) - 1)
-    out = np.full((h, max((im.shape[1] for im in images), default=0), 3), background, np.uint8)
-    y = 0
-    for im in images:
-        out[y:y + im.shape[0], :im.shape[1]] = im
-        y += im.shape[0] + gap
-    return out
-
-
-def to_png(pixels: np.ndarray, compress_level: int = 1) -> bytes:
-    """uint8 (H, W, 3) or (H, W) -> PNG bytes (fast, lightly compressed).
-
-    Written directly (rows with filter "none", zlib at ``compress_level``): 2-2.5x faster
-    than Pillow's encoder at the same level and no larger on these images, whose flat
-    tiles and labels compress well without Pillow's per-row filters.
-    """
-    px = np.ascontiguousarray(pixels)
-    if px.dtype != np.uint8 or px.ndim not in (2, 3) or (px.ndim == 3 and px.shape[2] != 3) or 0 in px.shape:
-        buf = io.BytesIO()
-        Image.fromarray(px).save(buf, format="PNG", compress_level=compress_level)
-        return buf.getvalue()
-    h, w = px.shape[:2]
-    rows = np.zeros((h, 1 + px[0].size), np.uint8)  # a leading 0 per row: filter type "none"
-    rows[:, 1:] = px.reshape(h, -1)
-    colour = 2 if px.ndim == 3 else 0  # truecolour or greyscale, 8 bits
-    return b"".join((b"\x89PNG\r\n\x1a\n",
-                     _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, colour, 0, 0, 0)),
-                     _png_chunk(b"IDAT", _deflate(rows.tobytes(), compress_level)),
-                     _png_chunk(b"IEND", b"")))
-
-
-#: Inputs from this size are deflated as two halves in two threads (zlib releases the GIL).
-PARALLEL_DEFLATE_BYTES = 256 * 1024
-_deflate_pool: ThreadPoolExecutor | None = None
-
-
-def _deflate(data: bytes, level: int) -> bytes:
-    """A zlib stream of ``data``; large inputs as two independently compressed halves, as pigz does.
-
-    The first half ends with a sync flush (a byte boundary, not the last block), so the
-    two raw deflate streams concatenate into one valid stream: half the time on two cores.
-    """
-    global _deflate_pool
-    if len(data) < PARALLEL_DEFLATE_BYTES or level == 0:
-        return zlib.compress(data, level)
-    if _deflate_pool is None:
-        _deflate_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="png-deflate")
-    view = memoryview(data)
-    mid = len(data) // 2
-    head = _deflate_pool.submit(_raw_deflate, view[:mid], level, zlib.Z_SYNC_FLUSH)
-    tail = _raw_deflate(view[mid:], level, zlib.Z_FINISH)
-    header = b"\x78\x01"  # deflate, 32 KB window, "fastest" (the level field is informative only)
-    return header + head.result() + tail + struct.pack(">I", zlib.adler32(data))
-
-
-def _raw_deflate(chunk: memoryview, level: int, end: int) -> bytes:
-    c = zlib.compressobj(level, zlib.DEFLATED, -15)
-    return c.compress(chunk) + c.flush(end)
-
-
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
 
 def fixed_range(layer_min: Sequence[float], layer_max: Sequence[float]) -> tuple[float, float] | None:

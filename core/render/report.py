@@ -1,23 +1,21 @@
 """Self-contained HTML report of a run (config, findings, charts as inline SVG), optionally compared with other runs."""
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import html
 import json
 import math
 import re
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import altair as alt
 import numpy as np
 import pandas as pd
 
-from core.render import charts as CH
 from core.analysis import compare as C
+from core.render import charts as CH
+from core.render import compare_charts as CC
 
 SEVERITY_COLOURS = {"problem": "#c0392b", "warning": "#d68910", "info": "#2e86c1"}
 MAX_HEATMAP_LAYERS = 60
@@ -32,31 +30,22 @@ class RunReport:
     history: pd.DataFrame
     result: Any
     findings: tuple = ()
-    diagnose_available: bool = False
     problems: tuple[str, ...] = ()
+    scale: pd.DataFrame | None = None  # core.analysis.diagnose.scale_table
+    filmstrip: Any = None  # core.analysis.trajectory.Filmstrip of the layer that changed most
 
 
-def findings_of(run, result, history: pd.DataFrame) -> tuple[tuple, bool]:
-    """(findings most severe first, True) from ``core.analysis.diagnose``; ((), False) when that module is absent."""
-    try:
-        from core.analysis import diagnose as D
-    except ImportError:
-        return (), False
-    from dataclasses import replace
+def collect(run, result, filmstrip: Any = None) -> RunReport:
+    """Gather one run's report data: its history, the findings of ``core.analysis.diagnose`` and the ranked
+    scale-change table (``filmstrip``: a ``core.analysis.trajectory.Filmstrip`` to show, optional)."""
+    from core.analysis import diagnose as D
 
-    th = D.Thresholds()
-    mom = D.bn_momentum_of(run) if hasattr(D, "bn_momentum_of") else None
-    if mom is not None:
-        th = replace(th, bn_momentum=mom)
-    return tuple(D.diagnose(result, history, run.manifest, th)), True
-
-
-def collect(run, result) -> RunReport:
-    """Gather one run's report data (history read here, findings computed when ``core.analysis.diagnose`` exists)."""
     hist = run.history()
-    found, ok = findings_of(run, result, hist)
-    return RunReport(run.name, run.manifest, hist, result, found, ok,
-                     tuple(dict.fromkeys([*run.problems, *result.problems])))
+    th = D.thresholds_for(run)
+    found = tuple(D.diagnose(result, hist, run.manifest, th))
+    return RunReport(run.name, run.manifest, hist, result, found,
+                     tuple(dict.fromkeys([*run.problems, *result.problems])), D.scale_table(result, hist, run.manifest, th),
+                     filmstrip)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -144,8 +133,8 @@ def compare_std_chart(results: Sequence, layers: Sequence[str], runs: Sequence[s
     if ls.empty:
         return CH.placeholder("No positive std on the layers compared.")
     return alt.Chart(ls).mark_line(point=alt.OverlayMarkDef(size=16)).encode(
-        x=alt.X("mini_epoch:Q", title="mini-epoch"), y=alt.Y("std:Q", scale=alt.Scale(type="log"), title="std"),
-        color=C._run_color(runs),
+        x=CH.x_encoding("mini_epoch"), y=alt.Y("std:Q", scale=alt.Scale(type="log"), title="std"),
+        color=CC.run_color(runs),
         tooltip=["run:N", "layer:N", "mini_epoch:Q", alt.Tooltip("std:Q", format=".4g")],
     ).properties(width=240, height=150).facet(facet=alt.Facet("layer:N", sort=list(layers), title=None), columns=3)
 
@@ -215,8 +204,6 @@ def frame_table(df: pd.DataFrame, table_id: str = "") -> str:
 
 def findings_html(rep: RunReport) -> str:
     """The findings table of one run (most severe first), or why there is none."""
-    if not rep.diagnose_available:
-        return "<p class=\"note\">Diagnostics are not available (the <code>core.analysis.diagnose</code> module is absent).</p>"
     if not rep.findings:
         return "<p class=\"ok\">No findings: no rule fired on this run.</p>"
     rows = []
@@ -230,7 +217,7 @@ def findings_html(rep: RunReport) -> str:
         rows.append(f"<tr class=\"finding sev-{_e(sev)}\"><td><span class=\"sev\" style=\"background:{colour}\">"
                     f"{_e(sev)}</span></td><td>{_e(getattr(f, 'kind', ''))}</td>"
                     f"<td class=\"num\">{_e(getattr(f, 'mini_epoch', ''))}</td><td>{_e(lay)}</td>"
-                    f"<td>{_e(getattr(f, 'message', ''))}<br><small>{_e(evs)}</small></td></tr>")
+                    f"<td>{_e(getattr(f, 'message', ''))}<br><small>{_e(evs)}</small>{_advice_html(f)}</td></tr>")
     counts = {}
     for f in rep.findings:
         counts[f.severity] = counts.get(f.severity, 0) + 1
@@ -238,6 +225,48 @@ def findings_html(rep: RunReport) -> str:
     return (f"<p>{len(rep.findings)} finding{'s' if len(rep.findings) != 1 else ''}: {_e(head)}.</p>"
             "<table class=\"findings\"><thead><tr><th>severity</th><th>kind</th><th>from mini-epoch</th>"
             "<th>layers</th><th>finding</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
+
+
+def _advice_html(f: Any) -> str:
+    a = getattr(f, "advice", None)
+    if a is None:
+        return ""
+    seen = f"<br><b>In this run:</b> {_e(a.observed)}" if a.observed else ""
+    return (f"<details><summary>Why?</summary><b>Usually caused by</b> {_e(a.causes)}.<br><b>Try</b> "
+            f"{_e(a.remedy)}.{seen}</details>")
+
+
+def scale_html(rep: RunReport, top: int = 12) -> str:
+    """The ranked scale-change table (largest change first; the Overview's table)."""
+    t = rep.scale
+    if t is None or t.empty:
+        return "<p class=\"note\">Not enough judged checkpoints to compare activation scales.</p>"
+    t = t.head(top)
+    shown = pd.DataFrame({
+        "layer": t["layer"], "kind": t["kind"],
+        "change": [f"{c:.1f}x {'smaller' if d == 'shrink' else 'larger'}" for c, d in zip(t["change"], t["direction"])],
+        "onset": ["—" if o < 0 else str(int(o)) for o in t["onset"]], "baseline mini-epoch": t["baseline_mini_epoch"],
+        "std baseline": t["std_baseline"], "std last": t["std_last"], "std min": t["std_min"],
+        "min at": t["min_mini_epoch"]})
+    return (frame_table(shown, "scale-changes") + "<p class=\"sub small\">Layer std (median over the probe images) "
+            "against its baseline, the first checkpoint the diagnostics judge (mini-epoch 0 only without BatchNorm: "
+            "before the moving statistics warm up, deep layers look tiny in every run). Onset: first mini-epoch at "
+            "10x; layers crossing at the same mini-epoch are listed together, shallowest first.</p>")
+
+
+def filmstrip_html(rep: RunReport) -> str:
+    """The filmstrip of the layer that changed most, as an inline PNG (one tile per checkpoint, fixed scale)."""
+    from core.render.grids import data_uri, to_png
+    from core.render.trajectory import filmstrip_image
+
+    fs = rep.filmstrip
+    if fs is None:
+        return ""
+    img = filmstrip_image(fs.maps, fs.lo, fs.hi, [f"me {m}" for m in fs.mini_epochs])
+    what = "mean map" if fs.channel is None else f"channel {fs.channel}"
+    return (f"<figure id=\"filmstrip\"><figcaption>Filmstrip: {_e(fs.tap)} ({what}) for the first probe image at "
+            f"every checkpoint, one fixed colour scale {fs.lo:.3g} .. {fs.hi:.3g} (viridis): shrinking fades.</figcaption>"
+            f"<img alt=\"filmstrip of {_e(fs.tap)}\" src=\"{data_uri(to_png(img))}\"></figure>")
 
 
 def _quiet(build, *args, **kw):
@@ -264,10 +293,20 @@ class _Figures:
         return f"<figure id=\"{_e(fig_id)}\" class=\"chart\"><figcaption>{_e(caption)}</figcaption>{body}</figure>"
 
 
+def _scaling_words(preprocessing: Any) -> str:
+    """The run's pixel scaling for people; a guess says so."""
+    from core.run.preprocess import PreprocessSpec
+
+    try:
+        return PreprocessSpec.from_dict(preprocessing).describe()
+    except ValueError:
+        return f"{preprocessing} (not valid)"
+
+
 def config_html(rep: RunReport) -> str:
     m = rep.manifest
     facts = {"name": m.name, "created": m.created, "input": f"{m.input_height}×{m.input_width}×{m.input_channels}",
-             "preprocessing": m.preprocessing, "classes": len(m.class_names),
+             "pixel scaling": _scaling_words(m.preprocessing), "classes": len(m.class_names),
              "mini-epoch size (images)": m.mini_epoch_images, "checkpoints swept": len(rep.result.mini_epochs),
              "probe images": len(rep.result.probe_ids), "SE blocks found": ", ".join(rep.result.se_blocks) or "none",
              "versions": m.versions}
@@ -284,6 +323,8 @@ def run_section(rep: RunReport, fig: _Figures) -> str:
     r = rep.result
     parts = [f"<section id=\"config\"><h2>Configuration</h2>{config_html(rep)}</section>",
              f"<section id=\"findings\"><h2>Findings</h2>{findings_html(rep)}</section>",
+             f"<section id=\"scale\"><h2>Scale changes, largest first</h2>{scale_html(rep)}"
+             f"{filmstrip_html(rep)}</section>",
              "<section id=\"charts\"><h2>Charts</h2>",
              fig("chart-loss", _quiet(CH.training_curves, rep.history),
                  "Training curves: loss, accuracy, learning rate."),
@@ -323,13 +364,13 @@ def compare_section(reps: Sequence[RunReport], fig: _Figures, top: int = 20) -> 
     parts = [f"<section id=\"compare\"><h2>Comparison: {' vs '.join(map(_e, names))}</h2>",
              f"<p class=\"{'ok' if match.same_architecture else 'note'}\" id=\"shared-layers\">"
              f"{_e(match.message())}</p>",
-             fig("chart-compare-loss", C.loss_overlay(C.stacked_history(hist), names),
+             fig("chart-compare-loss", CC.loss_overlay(C.stacked_history(hist), names),
                  "Training (solid) and validation (dashed) loss of each run."),
              fig("chart-compare-std", compare_std_chart(results, std_layers, names),
                  "Std of the layers where the runs differ most (log scale).")]
     if match.shared_blocks:
         gs = C.gate_saturation(results, match.shared_blocks)
-        parts.append(fig("chart-compare-gates", C.gate_saturation_chart(gs, names),
+        parts.append(fig("chart-compare-gates", CC.gate_saturation_chart(gs, names),
                          "SE gates off (solid) and open (dashed) per shared block."))
     parts.append("<h3>Where they differ most</h3>")
     if diff.empty:
@@ -369,39 +410,3 @@ EXTERNAL_RE = re.compile(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", re.IG
 def external_references(text: str) -> list[str]:
     """``src``/``href`` attributes of ``text`` that point outside the file (http://, https://, //host)."""
     return [text[max(0, m.start() - 20):m.end() + 40] for m in EXTERNAL_RE.finditer(text)]
-
-
-# ---------------------------------------------------------------------------------------------------
-# CLI: python -m core report RUN [--vs RUN2 ...] --out report.html
-
-
-def add_report(sub) -> None:
-    """Register ``report`` on an argparse sub-parsers object."""
-    from core.cli import _add_run_args
-
-    p = sub.add_parser("report", help="write a self-contained HTML report of a run (optionally vs other runs)",
-                       description="Sweep the run (cached) and write one HTML file with its configuration, "
-                                   "findings and charts (inline SVG, no external resources).")
-    _add_run_args(p)
-    p.add_argument("--vs", action="append", default=[], metavar="RUN",
-                   help="another run to compare with (repeatable)")
-    p.add_argument("--out", type=Path, required=True, help="output HTML file")
-    p.set_defaults(func=cmd_report)
-
-
-def cmd_report(args) -> int:
-    from core.run.atomic import atomic_write_text
-    from core.cli import run_sweep_cli
-
-    run, result = run_sweep_cli(args)
-    reps = [collect(run, result)]
-    for other in args.vs:
-        orun, ores = run_sweep_cli(argparse.Namespace(**{**vars(args), "run": other}))
-        reps.append(collect(orun, ores))
-    print("drawing the charts…", file=sys.stderr)
-    text = report_html(reps[0], reps[1:])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out, text)
-    n = len(reps[0].findings)
-    print(f"wrote {args.out} ({len(text) / 1e6:.1f} MB; {n} finding{'s' if n != 1 else ''} for {run.name})")
-    return 0

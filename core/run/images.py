@@ -11,12 +11,20 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 50_000_000
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
+#: Memory an image may need to decode and convert, checked from its header before decoding.
+DEFAULT_DECODE_BUDGET = 192 * 1024 * 1024
+#: Bytes per pixel that decoding and converting each mode touches at once: the decoded
+#: pixels, plus for high-depth greyscale the float64 copies `_high_depth_to_l` makes.
+_WORK_BYTES_PER_PIXEL = {"1": 2, "L": 2, "P": 5, "LA": 6, "PA": 6, "RGB": 6, "YCbCr": 6, "LAB": 6, "HSV": 6,
+                         "RGBA": 12, "RGBa": 12, "RGBX": 8, "CMYK": 8, "La": 6}
+_HIGH_DEPTH_BYTES_PER_PIXEL = 32
 # Transparent pixels are composited over mid-grey: neutral under every preprocessing kind
 # (it maps to ~0 for scale_pm1 / ImageNet mean-std), so transparency adds no strong edge.
 DEFAULT_BACKGROUND: tuple[int, int, int] = (128, 128, 128)
 
 Source = bytes | bytearray | memoryview | str | os.PathLike
-Fit = Literal["crop", "pad"]
+Fit = Literal["resize", "crop", "pad"]
+FITS: tuple[str, ...] = ("resize", "crop", "pad")
 
 
 class ImageError(ValueError):
@@ -88,15 +96,39 @@ def _open(data: bytes, name: str, max_pixels: int) -> Image.Image:
     return im
 
 
-def _decode(im: Image.Image, name: str, draft_size: int | None) -> Image.Image:
-    """Force a full decode of the first frame so truncated or corrupt data raises here."""
+def decode_cost(im: Image.Image) -> int:
+    """Bytes decoding and converting ``im`` (at its current, possibly drafted, size) needs at once."""
+    w, h = im.size
+    mode = im.mode
+    per_px = _HIGH_DEPTH_BYTES_PER_PIXEL if mode.startswith("I") or mode == "F" else _WORK_BYTES_PER_PIXEL.get(mode, 16)
+    return w * h * per_px
+
+
+def _check_budget(im: Image.Image, name: str, budget: int) -> None:
+    cost = decode_cost(im)
+    if cost > budget:
+        w, h = im.size
+        raise ImageError(
+            f"{name.capitalize()} ({w}×{h}, mode {im.mode}) would need about {cost / 2**20:.0f} MB to decode, "
+            f"more than the {budget / 2**20:.0f} MB allowed for one image. Use a smaller or 8-bit image."
+        )
+
+
+def _decode(im: Image.Image, name: str, draft_size: int | None, budget: int = DEFAULT_DECODE_BUDGET) -> Image.Image:
+    """Force a full decode of the first frame so truncated or corrupt data raises here.
+
+    The memory it needs (pixels × bytes per pixel of the mode) is checked against ``budget`` first.
+    """
     # Relies on Pillow's default ImageFile.LOAD_TRUNCATED_IMAGES = False, which this module never
     # changes; code that sets it globally makes truncated files decode silently with grey fill.
     try:
         if draft_size is not None and im.format == "JPEG":
             # JPEG can decode at 1/2, 1/4, 1/8 scale: much faster for big photos, still >= target.
             im.draft(im.mode if im.mode in ("RGB", "L") else None, (draft_size, draft_size))
+        _check_budget(im, name, budget)
         im.load()
+    except ImageError:
+        raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageError(f"{name.capitalize()} is too large to decode safely ({e}). Use a smaller image.") from e
     except MemoryError as e:
@@ -192,34 +224,44 @@ def load_probe_image(
     max_bytes: int = DEFAULT_MAX_BYTES,
     *,
     background: tuple[int, int, int] = DEFAULT_BACKGROUND,
+    decode_budget: int = DEFAULT_DECODE_BUDGET,
+    as_float: bool = False,
 ) -> np.ndarray:
     """Decode, orient, convert and resize a probe image -> uint8 (H, W, channels) with (H, W) = ``size``.
 
     ``src`` is raw bytes (an upload) or a path. Any Pillow-readable format works (first frame of
     animations); alpha is composited over ``background`` (mid-grey by default); 16-bit and float
     greyscale are stretched over their actual value range; EXIF orientation is applied. ``fit``:
-    ``crop`` (centre-crop to the target aspect) or ``pad`` (letterbox with ``background``).
+    ``resize`` (bilinear stretch, ``tf.image.resize``: what Keras input pipelines such as
+    ``image_dataset_from_directory`` do), ``crop`` (centre-crop to the target aspect, Lanczos) or
+    ``pad`` (letterbox with ``background``). ``as_float``: float32 in 0..255 instead of uint8, so
+    that ``resize`` is exactly ``tf.image.resize``'s output (uint8 rounds it).
     Anything unusable (empty, not an image, truncated, too many bytes, declared size over
-    ``max_pixels``) raises :class:`ImageError` with a message meant for the user.
+    ``max_pixels``, more than ``decode_budget`` bytes to decode) raises :class:`ImageError` with a message meant for the user.
     """
     height, width = int(size[0]), int(size[1])
     if height < 1 or width < 1:
         raise ValueError(f"size must be two positive ints (height, width), got {size!r}")
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels!r}")
-    if fit not in ("crop", "pad"):
-        raise ValueError(f"fit must be 'crop' or 'pad', got {fit!r}")
+    if fit not in FITS:
+        raise ValueError(f"fit must be one of {', '.join(FITS)}, got {fit!r}")
 
     data, name = _read_source(src, max_bytes)
     im = _open(data, name, max_pixels)
     try:
-        im = _decode(im, name, draft_size=max(height, width))
+        # resize must see every pixel, as tf.image.resize in a Keras input pipeline does: no JPEG draft
+        im = _decode(im, name, draft_size=None if fit == "resize" else max(height, width), budget=decode_budget)
         try:
             im = _exif_upright(im)
             im = _to_l_or_rgb(im, background)
             im = im.convert("L") if channels == 1 else im.convert("RGB")
-            im = _fit(im, height, width, fit, background)
-            out = np.asarray(im, dtype=np.uint8)
+            if fit == "resize":
+                out = bilinear_resize(np.asarray(im, dtype=np.uint8), height, width)
+                out = out if as_float else np.clip(np.rint(out), 0, 255).astype(np.uint8)
+            else:
+                im = _fit(im, height, width, fit, background)
+                out = np.asarray(im, dtype=np.float32 if as_float else np.uint8)
         except MemoryError as e:
             raise ImageError(f"{name.capitalize()} needs more memory than is available. Use a smaller image.") from e
         except ImageError:
@@ -234,6 +276,24 @@ def load_probe_image(
     if channels == 1:
         out = out[:, :, None]
     return np.ascontiguousarray(out)
+
+
+def bilinear_resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """uint8 (H, W, C) -> float32 (height, width, C): ``tf.image.resize`` bilinear, bit for bit (it is that call)."""
+    import tensorflow as tf  # local: only this fit needs TensorFlow
+
+    if image.ndim == 2:
+        return bilinear_resize(image[:, :, None], height, width)[:, :, 0]
+    if image.shape[:2] == (height, width):
+        return image.astype(np.float32)
+    return tf.image.resize(image[None], (height, width), method="bilinear").numpy()[0].astype(np.float32)
+
+
+def default_fit(manifest_raw: dict[str, Any], imported: bool) -> str:
+    """The run's probe fitting: ``input.fit`` in the manifest (or the run's own settings), else ``resize``
+    for an imported run (what Keras pipelines do) and ``crop`` for one trained here."""
+    fit = (manifest_raw.get("input") or {}).get("fit") if isinstance(manifest_raw, dict) else None
+    return fit if fit in FITS else ("resize" if imported else "crop")
 
 
 def describe_image(src: Source, max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str, Any]:
@@ -258,3 +318,26 @@ def describe_image(src: Source, max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str,
         }
     finally:
         im.close()
+
+
+def resize_rgb(img: np.ndarray, h: int, w: int) -> np.ndarray:
+    """uint8 (H, W, C) image (C 1 or 3) -> uint8 (h, w, 3), bilinear."""
+    if img.ndim == 3 and img.shape[-1] == 1:
+        img = np.repeat(img, 3, axis=-1)
+    if img.shape[:2] == (h, w):
+        return img.astype(np.uint8)
+    return np.asarray(Image.fromarray(img.astype(np.uint8)).resize((w, h), Image.Resampling.BILINEAR))
+
+
+def fit_probe(image: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """uint8 (H, W, C) image -> uint8 (h, w, c) for another run's input ``shape`` (bilinear; grey = channel mean)."""
+    h, w, c = shape
+    img = np.asarray(image, np.uint8)
+    if img.shape == (h, w, c):
+        return img
+    rgb = resize_rgb(img, h, w)
+    if c == 1:
+        return np.clip(rgb.astype(np.float32).mean(axis=-1, keepdims=True) + 0.5, 0, 255).astype(np.uint8)
+    if c != 3:
+        raise ValueError(f"cannot feed an RGB image to an input with {c} channels")
+    return rgb

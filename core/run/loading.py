@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
+import tempfile
 import threading
 import weakref
 import zipfile
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +18,8 @@ import h5py
 import keras
 import numpy as np
 
-import core.training.models  # noqa: F401  registers the built-in serialisable classes before any load
+from core.run.custom_objects import CUSTOM_OBJECTS_HINT, CustomObjects, missing_object, strip_training_only
+import core.run.keras_objects  # noqa: F401  registers the classes saved runs name, before any load
 
 TRUST_HINT = ("Only load files you trust: pass --trust-code on the command line or tick "
               "\"I trust this file\" in the app.")
@@ -155,7 +159,8 @@ def _refuse_unsafe(path: Path, parts: list[str]) -> None:
         f"{', '.join(parts)}. {TRUST_HINT}")
 
 
-def _explain_load_failure(path: Path, e: Exception, has_lambda: bool) -> ModelLoadError:
+def _explain_load_failure(path: Path, e: Exception, has_lambda: bool,
+                          custom: CustomObjects | None = None) -> ModelLoadError:
     text = f"{type(e).__name__}: {e}"
     if "safe_mode" in str(e) or "unsafe_deserialization" in str(e):
         return UnsafeModelError(f"{path}: the file contains Python code that Keras refuses in safe mode "
@@ -166,17 +171,39 @@ def _explain_load_failure(path: Path, e: Exception, has_lambda: bool) -> ModelLo
             "loads in the Python version that saved it. Rebuild the architecture in code (without Lambda "
             "layers), then read this file's weights into it with read_weights_file, or re-save the model "
             "from its original environment.")
-    if "Could not locate" in str(e) or "Unknown layer" in str(e):
-        return ModelLoadError(f"{path}: the model uses custom classes that are not available here ({text}). "
-                              "Import or register them (keras.saving.register_keras_serializable) first.")
+    name = missing_object(str(e))
+    if name is not None:
+        where = (f"{custom.source} does not define it: add it there" if custom is not None
+                 else CUSTOM_OBJECTS_HINT)
+        return ModelLoadError(f"{path}: the model needs {name!r} (a custom layer, activation or loss its "
+                              f"forward pass uses), which is not available here; {where}.")
     return ModelLoadError(f"{path}: could not load the model ({text})")
 
 
-def load_model_file(path: str | Path, trust: bool = False, compile: bool = False) -> keras.Model:
+@dataclass(frozen=True)
+class LoadedModel:
+    """A loaded model and the training-only objects (initializers, regularizers, constraints) left out
+    because they could not be rebuilt here; each reads ``layer.key = Name``."""
+
+    model: keras.Model
+    dropped: tuple[str, ...] = ()
+
+
+def load_model_file(path: str | Path, trust: bool = False, compile: bool = False,
+                    custom_objects: CustomObjects | None = None) -> keras.Model:
+    """``load_model_noted(...).model``."""
+    return load_model_noted(path, trust, compile, custom_objects).model
+
+
+def load_model_noted(path: str | Path, trust: bool = False, compile: bool = False,
+                     custom_objects: CustomObjects | None = None) -> LoadedModel:
     """Load a full model: Keras 3 ``.keras`` or legacy (Keras 2) ``.h5``/``.hdf5``.
 
     Lambda layers are detected before anything is deserialised; without ``trust`` they raise
-    UnsafeModelError. ``safe_mode`` is on unless ``trust``. Every failure is a ModelLoadError.
+    UnsafeModelError. ``safe_mode`` is on unless ``trust``. Initializers, regularizers and constraints
+    Keras cannot rebuild (the user's code is absent) are left out of the config, no code runs for
+    them; ``custom_objects`` (the user's code, loaded with trust) supply layers, activations and
+    losses. Every failure is a ModelLoadError.
     """
     p = Path(path)
     kind = file_kind(p)
@@ -205,13 +232,38 @@ def load_model_file(path: str | Path, trust: bool = False, compile: bool = False
     parts = unsafe_parts(config)
     if parts and not trust:
         _refuse_unsafe(p, parts)
+    objects = dict(custom_objects.objects) if custom_objects is not None else {}
+    stripped, dropped = strip_training_only(config, objects)
     try:
-        model = keras.saving.load_model(p, compile=compile, safe_mode=not trust)
+        if dropped:
+            model = _load_stripped(p, kind, stripped, objects, trust)
+        else:
+            model = keras.saving.load_model(p, compile=compile, safe_mode=not trust, custom_objects=objects or None)
     except Exception as e:  # noqa: BLE001 - every loader failure becomes one explained error type
-        raise _explain_load_failure(p, e, bool(parts)) from e
+        raise _explain_load_failure(p, e, bool(parts), custom_objects) from e
     if not isinstance(model, keras.Model):
         raise ModelLoadError(f"{p}: loaded a {type(model).__name__}, not a Keras model")
-    return model
+    return LoadedModel(model, dropped)
+
+
+def _load_stripped(p: Path, kind: str, config: dict, objects: dict[str, Any], trust: bool) -> keras.Model:
+    """The model of ``p`` built from ``config`` (a cleaned copy of its own), with the file's weights."""
+    with tempfile.TemporaryDirectory(prefix="ade-load-") as tmp:
+        if kind == "h5-model":  # the legacy loader reads the config from the file: a copy carries the new one
+            copy = Path(tmp) / "model.h5"
+            shutil.copyfile(p, copy)
+            with h5py.File(copy, "r+") as f:
+                f.attrs["model_config"] = json.dumps(config)
+            return keras.saving.load_model(copy, compile=False, safe_mode=not trust, custom_objects=objects or None)
+        config = {k: v for k, v in config.items() if k != "compile_config"}
+        with keras.saving.custom_object_scope(objects):
+            model = keras.saving.deserialize_keras_object(config, safe_mode=not trust)
+        with zipfile.ZipFile(p) as z:
+            if "model.weights.h5" in z.namelist():
+                weights = Path(tmp) / "model.weights.h5"
+                weights.write_bytes(z.read("model.weights.h5"))
+                model.load_weights(weights)
+        return model
 
 
 # ---- reading foreign checkpoints ---------------------------------------------------------------

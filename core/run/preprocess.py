@@ -6,7 +6,17 @@ from typing import Any, Mapping
 
 import numpy as np
 
-VALID_KINDS: tuple[str, ...] = ("none", "scale01", "scale_pm1", "meanstd")
+VALID_KINDS: tuple[str, ...] = ("none", "scale01", "scale_pm1", "meanstd", "imagenet_caffe", "imagenet_torch")
+#: ``keras.applications.resnet50.preprocess_input``: RGB -> BGR, minus these per-channel (B, G, R) means.
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+#: torchvision's ImageNet statistics in 0..1 units: (x / 255 - mean) / std.
+TORCH_MEAN = (0.485, 0.456, 0.406)
+TORCH_STD = (0.229, 0.224, 0.225)
+#: Where a run's scaling came from: given by the user or the producer, detected in the model, or a guess.
+SOURCES = ("given", "detected", "guess")
+CLI_HELP = ("none (raw 0-255), scale01 (x/255), scale_pm1 (x/127.5-1), imagenet_caffe (as "
+            "keras.applications.resnet50.preprocess_input), imagenet_torch ((x/255-mean)/std, ImageNet "
+            "statistics) or mean_std:M1,M2,M3/S1,S2,S3 ((x-M)/S per channel, in 0-255 pixel units)")
 
 
 @dataclass(frozen=True)
@@ -15,12 +25,31 @@ class PreprocessSpec:
 
     kind: ``none`` (float of the uint8 values), ``scale01`` (x/255), ``scale_pm1`` (x/127.5 - 1),
     ``meanstd`` ((x - mean) / std, per channel, ``mean``/``std`` in 0..255 units; one value
-    broadcasts to every channel).
+    broadcasts to every channel), ``imagenet_caffe`` (RGB -> BGR minus the ImageNet means, as
+    ``keras.applications.resnet50.preprocess_input``), ``imagenet_torch`` ((x/255 - mean) / std
+    with torchvision's ImageNet statistics). ``source``: ``given``, ``detected`` (in the model) or
+    ``guess``; ``note`` says what was detected.
     """
 
     kind: str = "scale01"
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
+    source: str = "given"
+    note: str = ""
+
+    @property
+    def is_guess(self) -> bool:
+        return self.source == "guess"
+
+    def describe(self) -> str:
+        """One line for people: the kind, its values, and whether it is a guess or was detected."""
+        text = self.kind if self.kind != "meanstd" else (
+            f"mean_std:{','.join(f'{v:g}' for v in self.mean)}/{','.join(f'{v:g}' for v in self.std)}")
+        if self.is_guess:
+            text += " (a guess: the run does not say how its model scales pixels)"
+        elif self.source == "detected":
+            text += " (detected in the model" + (f": {self.note}" if self.note else "") + ")"
+        return text
 
     def __post_init__(self) -> None:
         if self.kind not in VALID_KINDS:
@@ -43,6 +72,8 @@ class PreprocessSpec:
                 raise ValueError(f"every 'mean' value must be finite, got {list(self.mean)}")
         elif self.mean or self.std:
             raise ValueError(f"'mean'/'std' only apply to kind 'meanstd', not {self.kind!r}")
+        if self.source not in SOURCES:
+            raise ValueError(f"preprocessing source must be one of {', '.join(SOURCES)}, got {self.source!r}")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> "PreprocessSpec":
@@ -53,16 +84,45 @@ class PreprocessSpec:
             raise ValueError(
                 f"preprocessing must be a mapping with a 'kind' key (one of {', '.join(VALID_KINDS)}), got {d!r}"
             )
-        unknown = set(d) - {"kind", "mean", "std"}
+        unknown = set(d) - {"kind", "mean", "std", "source", "note"}
         if unknown:
-            raise ValueError(f"unknown preprocessing keys {sorted(unknown)}; allowed: kind, mean, std")
-        return cls(kind=str(d["kind"]), mean=tuple(d.get("mean") or ()), std=tuple(d.get("std") or ()))
+            raise ValueError(f"unknown preprocessing keys {sorted(unknown)}; allowed: kind, mean, std, source, note")
+        return cls(kind=str(d["kind"]), mean=tuple(d.get("mean") or ()), std=tuple(d.get("std") or ()),
+                   source=str(d.get("source") or "given"), note=str(d.get("note") or ""))
+
+    @classmethod
+    def parse(cls, text: str, source: str = "given") -> "PreprocessSpec":
+        """The command-line form: a kind name or ``mean_std:M1,M2,M3/S1,S2,S3`` (0-255 pixel units).
+
+        Raises ValueError saying what is wrong and which forms are valid.
+        """
+        text = str(text).strip()
+        if text.lower().startswith(("mean_std:", "meanstd:")):
+            body = text.split(":", 1)[1]
+            if body.count("/") != 1:
+                raise ValueError(f"{text!r}: write mean_std:M1,M2,M3/S1,S2,S3 (means, a slash, standard deviations)")
+            try:
+                mean, std = ([float(v) for v in part.split(",") if v.strip()] for part in body.split("/"))
+            except ValueError:
+                raise ValueError(f"{text!r}: the means and standard deviations must be numbers") from None
+            if len(mean) != len(std) or len(mean) not in (1, 3):
+                raise ValueError(f"{text!r}: give 3 means and 3 standard deviations (or 1 and 1 for every "
+                                 f"channel); got {len(mean)} and {len(std)}")
+            return cls("meanstd", tuple(mean), tuple(std), source=source)
+        if text not in VALID_KINDS or text == "meanstd":
+            raise ValueError(f"unknown pixel scaling {text!r}; valid: {CLI_HELP}")
+        return cls(text, source=source)
 
     def to_dict(self) -> dict[str, Any]:
-        """The manifest form; ``mean``/``std`` appear only for ``meanstd``."""
+        """The manifest form; ``mean``/``std`` appear only for ``meanstd``, ``source``/``note`` when not plain given."""
+        d: dict[str, Any] = {"kind": self.kind}
         if self.kind == "meanstd":
-            return {"kind": self.kind, "mean": list(self.mean), "std": list(self.std)}
-        return {"kind": self.kind}
+            d.update(mean=list(self.mean), std=list(self.std))
+        if self.source != "given":
+            d["source"] = self.source
+        if self.note:
+            d["note"] = self.note
+        return d
 
 
 def _mean_std(spec: PreprocessSpec, channels: int) -> tuple[np.ndarray, np.ndarray]:
@@ -85,8 +145,18 @@ def apply_preprocessing(x: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
         return xf / np.float32(255.0)
     if spec.kind == "scale_pm1":
         return xf / np.float32(127.5) - np.float32(1.0)
+    if spec.kind == "imagenet_caffe":
+        return _caffe(xf)
+    if spec.kind == "imagenet_torch":
+        return (xf / np.float32(255.0) - np.asarray(TORCH_MEAN, np.float32)) / np.asarray(TORCH_STD, np.float32)
     mean, std = _mean_std(spec, xf.shape[-1])
     return (xf - mean) / std
+
+
+def _caffe(xf: np.ndarray) -> np.ndarray:
+    if xf.shape[-1] != 3:
+        raise ValueError(f"imagenet_caffe needs 3-channel (RGB) images, got {xf.shape[-1]} channel(s)")
+    return xf[..., ::-1] - np.asarray(CAFFE_MEAN_BGR, np.float32)
 
 
 def tf_preprocess(x: Any, spec: PreprocessSpec) -> Any:
@@ -100,8 +170,29 @@ def tf_preprocess(x: Any, spec: PreprocessSpec) -> Any:
         return xf / 255.0
     if spec.kind == "scale_pm1":
         return xf / 127.5 - 1.0
+    if spec.kind == "imagenet_caffe":
+        return xf[..., ::-1] - tf.constant(CAFFE_MEAN_BGR, tf.float32)
+    if spec.kind == "imagenet_torch":
+        return (xf / 255.0 - tf.constant(TORCH_MEAN, tf.float32)) / tf.constant(TORCH_STD, tf.float32)
     channels = xf.shape[-1]
     if channels is None:
         raise ValueError("tf_preprocess with 'meanstd' needs a known channel dimension")
     mean, std = _mean_std(spec, int(channels))
     return (xf - tf.constant(mean)) / tf.constant(std)
+
+
+def set_run_preprocessing(run_path: Any, spec: PreprocessSpec) -> None:
+    """Record ``spec`` as run ``run_path``'s pixel scaling (atomic manifest rewrite; other fields kept).
+
+    The sweep cache is keyed by the scaling, so statistics are recomputed for the new one.
+    """
+    import json
+    from pathlib import Path
+
+    from core.run.atomic import atomic_write_json
+    from core.run.runs import MANIFEST
+
+    path = Path(run_path) / MANIFEST
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    raw.setdefault("input", {})["preprocessing"] = spec.to_dict()
+    atomic_write_json(path, raw)

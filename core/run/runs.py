@@ -1,56 +1,31 @@
 """Run directories: the on-disk contract between training and the explorer (see docs/ARCHITECTURE.md)."""
 from __future__ import annotations
 
-import csv
-import datetime as _dt
-import io
 import json
-import math
 import os
-import platform
 import re
-import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Collection, Iterable, Mapping
+from typing import Collection, Mapping
 
 import numpy as np
 import pandas as pd
 
-from core.run.atomic import atomic_save_npz, atomic_write_json, atomic_write_text
+from core.run.npzfile import NpzError, members, read_npz
+from core.run.schema import (  # noqa: F401 - the run contract's names are imported from here too
+    ARCHITECTURE, CACHE_DIR, CHECKPOINT_DIR, FORMAT, FORMAT_VERSION, HISTORY, HISTORY_COLUMNS, MANIFEST, PROBES,
+    RESUME_DIR, Manifest, RunError, format_history, framework_versions, make_manifest, parse_history,
+    parse_manifest, repair_hint,
+)
 
-FORMAT = "activation-dynamics-run"
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-ARCHITECTURE = "model.keras"
-CHECKPOINT_DIR = "checkpoints"
-HISTORY = "history.csv"
-PROBES = "probes.npz"
-CACHE_DIR = "cache"
-RESUME_DIR = "resume"
-HISTORY_COLUMNS = ("mini_epoch", "images_seen", "wall_time", "loss", "accuracy",
-                   "val_loss", "val_accuracy", "lr")
 _CKPT_RE = re.compile(r"^ckpt_(\d{6,})\.npz$")
 _RUN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 DEFAULT_RUNS_ROOT = Path(__file__).resolve().parents[2] / "data" / "runs"
 
 
-class RunError(Exception):
-    """A run (or one of its files) cannot be used; the message names the file and the problem."""
-
-    def __init__(self, path: str | os.PathLike, problem: str):
-        self.path = str(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
-
-
 def runs_root_from_env() -> Path:
     """The runs root: ``$ADE_RUNS_ROOT`` or ``data/runs`` in the repository."""
     return Path(os.environ.get("ADE_RUNS_ROOT") or DEFAULT_RUNS_ROOT)
-
-
-def checkpoint_filename(mini_epoch: int) -> str:
-    return f"ckpt_{mini_epoch:06d}.npz"
 
 
 def resolve_run_path(root: str | os.PathLike, name: str) -> Path:
@@ -84,174 +59,13 @@ class Checkpoint:
         return (str(self.path), self.size, self.mtime_ns)
 
 
-@dataclass(frozen=True)
-class Manifest:
-    """The parsed, validated manifest; ``raw`` keeps every field for forward compatibility."""
-
-    name: str
-    format_version: int
-    input_height: int
-    input_width: int
-    input_channels: int
-    preprocessing: dict[str, Any]
-    class_names: tuple[str, ...]
-    mini_epoch_images: int
-    training: dict[str, Any]
-    dataset: dict[str, Any]
-    versions: dict[str, Any]
-    created: str
-    architecture_file: str
-    external_checkpoints: tuple[dict[str, Any], ...] | None
-    raw: dict[str, Any] = field(repr=False, compare=False, hash=False, default_factory=dict)
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return (self.input_height, self.input_width, self.input_channels)
-
-
-def _require(d: Mapping[str, Any], key: str, typ: type | tuple[type, ...], path: Path) -> Any:
-    if key not in d:
-        raise RunError(path, f"manifest lacks the field {key!r}")
-    v = d[key]
-    if not isinstance(v, typ) or isinstance(v, bool) and typ is int:
-        raise RunError(path, f"manifest field {key!r} should be {typ}, got {type(v).__name__}")
-    return v
-
-
-def parse_manifest(raw: Any, path: Path) -> Manifest:
-    """Validate the manifest JSON object; raises RunError naming the field that is wrong."""
-    if not isinstance(raw, dict):
-        raise RunError(path, "manifest is not a JSON object")
-    if raw.get("format") != FORMAT:
-        raise RunError(path, f"not a run manifest (format {raw.get('format')!r}, expected {FORMAT!r})")
-    ver = _require(raw, "format_version", int, path)
-    if ver > FORMAT_VERSION:
-        raise RunError(path, f"manifest format_version {ver} is newer than this app supports "
-                             f"({FORMAT_VERSION}); upgrade Activation Dynamics Explorer")
-    if ver < 1:
-        raise RunError(path, f"invalid format_version {ver}")
-    inp = _require(raw, "input", dict, path)
-    try:
-        h, w, c = int(inp["height"]), int(inp["width"]), int(inp["channels"])
-    except (KeyError, TypeError, ValueError):
-        raise RunError(path, "manifest 'input' needs integer height, width and channels") from None
-    if min(h, w, c) < 1 or c > 4:
-        raise RunError(path, f"manifest input shape {(h, w, c)} is invalid")
-    ext = raw.get("external_checkpoints")
-    if ext is not None and not (isinstance(ext, list) and all(isinstance(e, dict) for e in ext)):
-        raise RunError(path, "manifest 'external_checkpoints' must be a list of objects")
-    return Manifest(
-        name=str(raw.get("name") or path.parent.name),
-        format_version=ver,
-        input_height=h, input_width=w, input_channels=c,
-        preprocessing=dict(inp.get("preprocessing") or {"kind": "none"}),
-        class_names=tuple(str(x) for x in raw.get("class_names") or ()),
-        mini_epoch_images=int(raw.get("mini_epoch_images") or 0),
-        training=dict(raw.get("training") or {}),
-        dataset=dict(raw.get("dataset") or {}),
-        versions=dict(raw.get("versions") or {}),
-        created=str(raw.get("created") or ""),
-        architecture_file=str(raw.get("architecture_file") or ARCHITECTURE),
-        external_checkpoints=tuple(ext) if ext is not None else None,
-        raw=raw,
-    )
-
-
-def make_manifest(name: str, input_shape: tuple[int, int, int], *, preprocessing: Mapping[str, Any],
-                  class_names: Iterable[str] = (), mini_epoch_images: int = 0,
-                  training: Mapping[str, Any] | None = None, dataset: Mapping[str, Any] | None = None,
-                  external_checkpoints: list[dict[str, Any]] | None = None,
-                  architecture_file: str = ARCHITECTURE) -> dict[str, Any]:
-    """A manifest dict in the current format, with framework versions filled in."""
-    h, w, c = (int(v) for v in input_shape)
-    return {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "name": name,
-        "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "input": {"height": h, "width": w, "channels": c, "preprocessing": dict(preprocessing)},
-        "class_names": list(class_names), "mini_epoch_images": int(mini_epoch_images),
-        "training": dict(training or {}), "dataset": dict(dataset or {}),
-        "versions": framework_versions(), "architecture_file": architecture_file,
-        "external_checkpoints": external_checkpoints,
-    }
-
-
-def framework_versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version(), "app": "0.1"}
-    for pkg, key in (("tensorflow-cpu", "tensorflow"), ("tensorflow", "tensorflow"), ("keras", "keras"),
-                     ("numpy", "numpy")):
-        if key in out:
-            continue
-        try:
-            out[key] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out
-
-
-def _num(s: str) -> float:
-    s = s.strip()
-    return math.nan if s == "" else float(s)
-
-
-def parse_history(text: str, path: Path) -> tuple[pd.DataFrame, list[str]]:
-    """Parse history CSV text; malformed rows (e.g. a torn last row) are dropped and reported.
-
-    Returns (frame sorted by mini_epoch with one row per mini_epoch, problems).
-    """
-    problems: list[str] = []
-    lines = text.splitlines()
-    if not lines:
-        return pd.DataFrame(columns=list(HISTORY_COLUMNS)), problems
-    header = next(csv.reader([lines[0]]))
-    if "mini_epoch" not in header:
-        raise RunError(path, "history has no 'mini_epoch' column in its header")
-    torn_tail = not text.endswith("\n")
-    rows: list[dict[str, float]] = []
-    for i, line in enumerate(lines[1:], start=2):
-        if not line.strip():
-            continue
-        fields = next(csv.reader([line]))
-        last = i == len(lines)
-        try:
-            if len(fields) != len(header):
-                raise ValueError(f"{len(fields)} fields, expected {len(header)}")
-            row = {k: _num(v) for k, v in zip(header, fields)}
-            if not math.isfinite(row["mini_epoch"]) or row["mini_epoch"] < 0:
-                raise ValueError("bad mini_epoch")
-            if last and torn_tail:
-                raise ValueError("line not terminated (being written?)")
-        except ValueError as e:
-            problems.append(f"{path.name} line {i} ignored ({'torn last row' if last else 'malformed'}: {e})")
-            continue
-        rows.append(row)
-    df = pd.DataFrame(rows, columns=list(dict.fromkeys([*HISTORY_COLUMNS, *header])))
-    if len(df):
-        df["mini_epoch"] = df["mini_epoch"].astype("int64")
-        dup = df["mini_epoch"].duplicated(keep="last")
-        if dup.any():
-            problems.append(f"{path.name}: duplicate rows for mini-epochs "
-                            f"{sorted(set(df.loc[dup, 'mini_epoch'].tolist()))}; kept the last")
-            df = df[~dup]
-        df = df.sort_values("mini_epoch").reset_index(drop=True)
-    return df, problems
-
-
-def format_history(df: pd.DataFrame) -> str:
-    cols = list(dict.fromkeys([*HISTORY_COLUMNS, *df.columns]))
-    buf = io.StringIO()
-    df.reindex(columns=cols).to_csv(buf, index=False, lineterminator="\n", float_format="%.9g")
-    return buf.getvalue()
-
-
 class Run:
     """A run directory, read lazily; every problem found is collected in ``problems``."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, manifest: Manifest | None = None):
         self.path = Path(path)
         self.problems: list[str] = []
-        self._manifest: Manifest | None = None
+        self._manifest: Manifest | None = manifest  # given: the file is not read (e.g. a repair plan's)
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r})"
@@ -260,27 +74,40 @@ class Run:
     def name(self) -> str:
         return self.path.name
 
+    def file(self, relative: str | os.PathLike) -> Path:
+        """``relative`` inside the run; RunError when it (through a symlink) leaves the run folder."""
+        p = self.path / relative
+        try:
+            real, root = p.resolve(), self.path.resolve()
+        except (OSError, RuntimeError) as e:  # a symlink loop
+            raise RunError(p, f"cannot be resolved ({e}); refused") from None
+        if real != root and root not in real.parents:
+            raise RunError(p, f"is a link to {real}, outside the run folder; refused (neither read nor written)")
+        return p
+
     @property
     def cache_dir(self) -> Path:
-        return self.path / CACHE_DIR
+        """The derived cache folder (RunError if it is a link leaving the run: nothing is written there)."""
+        return self.file(CACHE_DIR)
 
     @property
     def manifest(self) -> Manifest:
         if self._manifest is None:
-            p = self.path / MANIFEST
+            p = self.file(MANIFEST)
             try:
                 raw = json.loads(p.read_text(encoding="utf-8"))
             except FileNotFoundError:
                 raise RunError(p, "missing: this folder is not a run (no manifest.json)") from None
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise RunError(p, f"not valid JSON ({e}); the manifest is damaged") from None
+                raise RunError(p, f"not valid JSON ({e}); the manifest is damaged: {repair_hint(self.path)}") from None
+            except OSError as e:
+                raise RunError(p, f"unreadable ({e.strerror or e})") from None
             self._manifest = parse_manifest(raw, p)
         return self._manifest
 
     @property
     def architecture_path(self) -> Path:
-        a = Path(self.manifest.architecture_file)
-        return a if a.is_absolute() else self.path / a
+        return self.file(self.manifest.architecture_file)
 
     def checkpoints(self) -> list[Checkpoint]:
         """Checkpoints ordered by mini-epoch; gaps and empty files are reported in ``problems``."""
@@ -309,7 +136,10 @@ class Run:
                     continue
                 p = d / n
                 try:
-                    st = p.stat()
+                    st = self.file(p.relative_to(self.path)).stat()
+                except RunError as e:
+                    self._problem(f"{e}; checkpoint ignored")
+                    continue
                 except OSError:
                     continue  # removed between listdir and stat
                 if st.st_size == 0:
@@ -332,27 +162,44 @@ class Run:
         raise RunError(self.path / CHECKPOINT_DIR, f"no checkpoint for mini-epoch {mini_epoch}")
 
     def history(self) -> pd.DataFrame:
-        """History as a DataFrame (one row per mini-epoch); empty frame when there is none yet."""
-        p = self.path / HISTORY
+        """History as a DataFrame (one row per mini-epoch); empty frame when there is none yet.
+
+        A damaged file (bad header, a link leaving the run, unreadable) gives an empty frame and
+        a problem naming it: the rest of the run stays usable. ``history_strict`` raises instead.
+        """
+        try:
+            return self.history_strict()[0]
+        except RunError as e:
+            self._problem(str(e))
+            return pd.DataFrame(columns=list(HISTORY_COLUMNS))
+
+    def history_strict(self) -> tuple[pd.DataFrame, list[str]]:
+        """(history, problems with its rows); RunError when the file is damaged beyond its rows."""
+        p = self.file(HISTORY)
         try:
             text = p.read_text(encoding="utf-8", errors="replace")
         except FileNotFoundError:
-            return pd.DataFrame(columns=list(HISTORY_COLUMNS))
+            return pd.DataFrame(columns=list(HISTORY_COLUMNS)), []
+        except OSError as e:
+            raise RunError(p, f"unreadable ({e.strerror or e})") from None
         df, problems = parse_history(text, p)
         for pr in problems:
             self._problem(pr)
-        return df
+        return df, problems
 
     def probes(self) -> tuple[np.ndarray, np.ndarray]:
         """The fixed probe set: x uint8 (N, H, W, C), y int64 (N,); empty arrays if absent."""
-        p = self.path / PROBES
+        p = self.file(PROBES)
         h, w, c = self.manifest.input_shape
         if not p.exists():
             return np.zeros((0, h, w, c), np.uint8), np.zeros((0,), np.int64)
         try:
-            with np.load(p, allow_pickle=False) as z:
-                x, y = np.asarray(z["x"]), np.asarray(z["y"]).astype(np.int64)
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
+            mx = members(p).get("x")
+            if mx is None or len(mx.shape) != 4 or mx.shape[1:] != (h, w, c):
+                raise RunError(p, f"probe set 'x' declares shape {mx.shape if mx else None}, not (N, {h}, {w}, {c})")
+            z = read_npz(p, ("x", "y"))
+            x, y = z["x"], z["y"].astype(np.int64)
+        except (OSError, NpzError, KeyError, ValueError, TypeError) as e:
             raise RunError(p, f"unreadable probe set ({type(e).__name__}: {e})") from None
         if x.ndim != 4 or x.shape[1:] != (h, w, c) or len(y) != len(x):
             raise RunError(p, f"probe set shape {x.shape} does not match the input {(h, w, c)}")
@@ -406,13 +253,13 @@ def read_npz_weights(path: Path, names: Collection[str] | None = None) -> dict[s
     Damage raises RunError naming the file.
     """
     try:
-        with np.load(path, allow_pickle=False) as z:
-            keys = z.files if names is None else [k for k in z.files if k in names]
-            return {k: np.asarray(z[k]) for k in keys}
+        return read_npz(path, names)
     except FileNotFoundError:
         raise RunError(path, "checkpoint file disappeared (deleted or being replaced); reload") from None
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as e:
-        raise RunError(path, f"unreadable or truncated checkpoint ({type(e).__name__}: {e})") from None
+    except NpzError as e:
+        raise RunError(path, f"unreadable checkpoint: {e}") from None
+    except OSError as e:
+        raise RunError(path, f"unreadable checkpoint ({type(e).__name__}: {e})") from None
 
 
 def model_weights(model) -> dict[str, np.ndarray]:
@@ -477,55 +324,6 @@ def open_run(root: str | os.PathLike, name: str) -> Run:
     return run
 
 
-class RunWriter:
-    """Writes a run directory (used by the trainer and the recorder callback); every write is atomic."""
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-
-    def create(self, manifest: Mapping[str, Any], model=None, probes: tuple[np.ndarray, np.ndarray] | None = None,
-               overwrite: bool = False) -> None:
-        if (self.path / MANIFEST).exists() and not overwrite:
-            raise RunError(self.path, "a run already exists here; pick another name or resume it")
-        (self.path / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
-        if model is not None:
-            tmp = self.path / f".{ARCHITECTURE}.tmp.keras"
-            model.save(tmp)
-            os.replace(tmp, self.path / ARCHITECTURE)
-        if probes is not None:
-            x, y = probes
-            atomic_save_npz(self.path / PROBES, {"x": np.asarray(x, np.uint8), "y": np.asarray(y, np.int64)})
-        atomic_write_json(self.path / MANIFEST, dict(manifest))
-
-    def write_checkpoint(self, mini_epoch: int, weights: Mapping[str, np.ndarray]) -> Path:
-        p = self.path / CHECKPOINT_DIR / checkpoint_filename(mini_epoch)
-        atomic_save_npz(p, weights)
-        return p
-
-    def write_history(self, df: pd.DataFrame) -> None:
-        atomic_write_text(self.path / HISTORY, format_history(df))
-
-    def append_history(self, row: Mapping[str, Any]) -> pd.DataFrame:
-        """Add (or replace) the row for ``row['mini_epoch']`` and rewrite the file atomically."""
-        df = Run(self.path).history()
-        df = df[df["mini_epoch"] != int(row["mini_epoch"])]
-        new = pd.DataFrame([{k: row.get(k, math.nan) for k in dict.fromkeys([*HISTORY_COLUMNS, *row])}])
-        df = pd.concat([df, new], ignore_index=True) if len(df) else new
-        df["mini_epoch"] = df["mini_epoch"].astype("int64")
-        df = df.sort_values("mini_epoch").reset_index(drop=True)
-        self.write_history(df)
-        return df
-
-    def truncate_after(self, mini_epoch: int) -> None:
-        """Drop checkpoints and history rows after ``mini_epoch`` (used by resume)."""
-        run = Run(self.path)
-        df = run.history()
-        self.write_history(df[df["mini_epoch"] <= mini_epoch])
-        for c in run.checkpoints():
-            if c.mini_epoch > mini_epoch:
-                c.path.unlink(missing_ok=True)
-
-
 def _ranges(nums: list[int]) -> str:
     parts, start, prev = [], None, None
     for n in nums:
@@ -539,3 +337,6 @@ def _ranges(nums: list[int]) -> str:
     if start is not None:
         parts.append(f"{start}" if start == prev else f"{start}-{prev}")
     return ", ".join(parts)
+
+
+from core.run.writer import RunWriter, checkpoint_filename  # noqa: E402,F401 - the writer needs Run; importers find it here

@@ -60,7 +60,8 @@ class Holder:
 class JobStatus:
     """A training job as seen from outside: its state, progress and process liveness.
 
-    ``state``: none (no job here), starting, running, done, cancelled, failed,
+    ``state``: none (no job here), starting, running, stopping (cancel seen: ends after this batch),
+    done, cancelled, failed,
     or died (the process ended without saying so: killed, out of memory...).
     """
 
@@ -83,7 +84,7 @@ class JobStatus:
 
     @property
     def active(self) -> bool:
-        return self.state in ("starting", "running")
+        return self.state in ("starting", "running", "stopping")
 
     @property
     def can_resume(self) -> bool:
@@ -289,7 +290,20 @@ def resume(run_dir: str | os.PathLike, mini_epochs: int | None = None) -> JobSta
                        f"({e})") from None
     if mini_epochs is not None:
         cfg = replace(cfg, mini_epochs=int(mini_epochs))
+    done = complete_mini_epochs(run_dir)
+    if done >= cfg.mini_epochs:
+        raise JobError(f"{run_dir.name} already has {done} complete mini-epochs: set more than {done} "
+                       "mini-epochs in total to continue it")
     return _spawn(run_dir.parent, run_dir, cfg, resume=True)
+
+
+def complete_mini_epochs(run_dir: str | os.PathLike) -> int:
+    """The last mini-epoch with a checkpoint and a history row (0 when none, or no readable run yet)."""
+    try:
+        done = Run(Path(run_dir)).complete_mini_epochs()
+    except RunError:
+        return 0
+    return max(done, default=0)
 
 
 def cancel(run_dir: str | os.PathLike) -> bool:
@@ -320,7 +334,7 @@ def combine_status(trainer: Mapping[str, Any] | None, job: Mapping[str, Any], al
     base = JobStatus("none", alive=alive, pid=pid, updated=t.get("updated"), error=t.get("error"), **fields)
     said = t.get("state")
     if alive:
-        return replace(base, state=said if said in ("starting", "running") else
+        return replace(base, state=said if said in ("starting", "running", "stopping") else
                        ("running" if said else "starting"))
     if said in ("done", "cancelled", "failed"):
         return replace(base, state=said)

@@ -3,26 +3,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import keras
-from keras import layers, ops
+if TYPE_CHECKING:  # Keras is imported when a network is built: ArchConfig alone starts fast
+    import keras
 
 ACTIVATIONS = ("relu", "elu", "sigmoid")
-
-
-@keras.saving.register_keras_serializable(package="ade")
-class NearOneRegularizer(keras.regularizers.Regularizer):
-    """Activity regulariser pulling SE gates towards 1: ``weight * mean((1 - gate)**2)``."""
-
-    def __init__(self, weight: float = 0.01):
-        self.weight = float(weight)
-
-    def __call__(self, x):
-        return self.weight * ops.mean(ops.square(1.0 - x))
-
-    def get_config(self) -> dict[str, Any]:
-        return {"weight": self.weight}
 
 
 @dataclass(frozen=True)
@@ -79,12 +65,16 @@ class ArchConfig:
 
 
 def _conv(cfg: ArchConfig, x, width: int, kernel: int, name: str, strides: int = 1):
+    import keras
+
     reg = keras.regularizers.L2(cfg.l2) if cfg.l2 else None
-    return layers.Conv2D(width, kernel, strides=strides, padding="same", use_bias=not cfg.batchnorm,
-                         kernel_regularizer=reg, name=name)(x)
+    return keras.layers.Conv2D(width, kernel, strides=strides, padding="same", use_bias=not cfg.batchnorm,
+                               kernel_regularizer=reg, name=name)(x)
 
 
 def _conv_bn_act(cfg: ArchConfig, x, width: int, prefix: str, j: int | str = "", strides: int = 1):
+    from keras import layers
+
     x = _conv(cfg, x, width, 3, f"{prefix}_conv{j}", strides)
     if cfg.batchnorm:
         x = layers.BatchNormalization(momentum=cfg.bn_momentum, name=f"{prefix}_bn{j}")(x)
@@ -97,6 +87,11 @@ def se_block(x, ratio: int, prefix: str, gate_bias: float = 0.0, near_one_weight
     x: (B, H, W, C) -> (B, H, W, C). The logits (``*_se_expand``) and the gate
     (``*_se_gate``) are separate layers so both can be tapped.
     """
+    import keras
+    from keras import layers
+
+    from core.run.keras_objects import NearOneRegularizer
+
     c = x.shape[-1]
     s = layers.GlobalAveragePooling2D(keepdims=True, name=f"{prefix}_se_squeeze")(x)
     s = layers.Dense(max(1, c // ratio), activation="relu", name=f"{prefix}_se_reduce")(s)
@@ -109,6 +104,9 @@ def se_block(x, ratio: int, prefix: str, gate_bias: float = 0.0, near_one_weight
 
 def build_seed_net(cfg: ArchConfig = ArchConfig(), seed: int | None = 0) -> keras.Model:
     """Build the network; input is preprocessed float32 (B, S, S, C), output softmax (B, classes)."""
+    import keras
+    from keras import layers
+
     if seed is not None:
         keras.utils.set_random_seed(seed)
     inp = keras.Input((cfg.input_size, cfg.input_size, cfg.input_channels), name="image")

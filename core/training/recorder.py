@@ -13,57 +13,11 @@ import numpy as np
 import tensorflow as tf
 
 from core.run.atomic import atomic_save_npz
+from core.run.remote import publisher_for
 from core.run.runs import (MANIFEST, RESUME_DIR, Run, RunError, RunWriter, make_manifest,
                        model_weights)
-
-
-def chief_task(task_type: str | None, task_id: int | None, cluster: Mapping[str, Any] | None) -> bool:
-    """Whether a task of a ``tf.distribute`` cluster is the one that writes.
-
-    No cluster (single process) writes; otherwise the ``chief`` task writes, or
-    ``worker`` 0 when the cluster has no chief (TensorFlow's own convention).
-    """
-    if not cluster:
-        return True
-    if task_type in (None, "", "chief"):
-        return True
-    return task_type == "worker" and int(task_id or 0) == 0 and "chief" not in cluster
-
-
-def _resolver_of(strategy) -> Any:
-    return getattr(strategy, "cluster_resolver", None) if strategy is not None else None
-
-
-def _cluster_of(resolver) -> dict[str, Any]:
-    if resolver is None:
-        return {}
-    try:
-        return dict(resolver.cluster_spec().as_dict())
-    except Exception:  # a resolver that cannot describe its cluster is treated as single-process
-        return {}
-
-
-def is_chief(strategy=None) -> bool:
-    """True in the one process that should write files.
-
-    ``strategy`` defaults to the strategy in scope. Under
-    MultiWorkerMirroredStrategy only the chief (or worker 0 when there is no
-    chief) writes; MirroredStrategy and the default strategy have one process,
-    which writes.
-    """
-    if strategy is None and tf.distribute.has_strategy():
-        strategy = tf.distribute.get_strategy()
-    resolver = _resolver_of(strategy)
-    cluster = _cluster_of(resolver)
-    if not cluster:
-        return True
-    return chief_task(getattr(resolver, "task_type", None), getattr(resolver, "task_id", None), cluster)
-
-
-def is_multi_worker(strategy) -> bool:
-    """True when ``strategy`` spans several processes (reads of synced variables become collectives)."""
-    cluster = _cluster_of(_resolver_of(strategy))
-    return sum(len(v) if isinstance(v, (list, dict)) else 1 for v in cluster.values()) > 1
+from core.training.distribute import is_chief, is_multi_worker
+from core.training.segments import Segment, evaluate, loss_count_variable
 
 
 def optimizer_state(optimizer) -> dict[str, np.ndarray]:
@@ -139,7 +93,9 @@ class RunRecorder(keras.callbacks.Callback):
         super().__init__()
         if mini_epoch_images < 1 or batch_size < 1:
             raise ValueError("mini_epoch_images and batch_size must be positive")
-        self.run_dir = Path(run_dir)
+        # a URL: the run is staged locally and each finished file uploaded (core.run.remote.Publisher)
+        self._publisher = publisher_for(run_dir)
+        self.run_dir = self._publisher.local if self._publisher is not None else Path(run_dir)
         self.mini_epoch_images = int(mini_epoch_images)
         self.batch_size = int(batch_size)
         self.probes = probes
@@ -156,7 +112,7 @@ class RunRecorder(keras.callbacks.Callback):
         self.images_seen = int(start_images)
         self._wall0 = float(start_wall_time)
         self._writer = RunWriter(self.run_dir)
-        self._seg = _Segment()
+        self._seg = Segment()
         self._since_boundary = 0  # images since the last nominal boundary (a multiple of mini_epoch_images)
         self._chief = True
         self._multi_worker = False
@@ -178,12 +134,14 @@ class RunRecorder(keras.callbacks.Callback):
         # Keras's compiled predict misbehaves on several replicas (MirroredStrategy returned
         # twice the rows) and waits for the other workers on a cluster: eager calls there.
         self._single_replica = getattr(strategy, "num_replicas_in_sync", 1) == 1 and not self._multi_worker
-        self._count_var = None if self._multi_worker else _loss_count_variable(self.model)
+        self._count_var = None if self._multi_worker else loss_count_variable(self.model)
         self._warn_coarse_callbacks()
         first_fit, self._started = not self._started, True
         if not self._chief:
             return
         if first_fit:
+            if self._publisher is not None:
+                self._publisher.pull()
             if self.resume:
                 self._continue_existing_run()
             elif self.mini_epoch == 0:
@@ -196,6 +154,7 @@ class RunRecorder(keras.callbacks.Callback):
         self._key_map = _reloaded_paths(self.model, Run(self.run_dir))
         if fresh:
             self._writer.write_checkpoint(0, self._weights())
+        self._publish()
 
     def on_train_end(self, logs=None):
         # Wall time counts time inside fit: a pause between two fit calls is not training.
@@ -231,7 +190,7 @@ class RunRecorder(keras.callbacks.Callback):
         # With steps_per_execution=k this fires every k-th batch: use the index, not a call count.
         est = (batch + 1) * self.batch_size
         # The index over-counts only a short last batch (Keras also reports a short last
-        # execution by its nominal end), so the exact count, a device read of ~0.2 ms, is
+        # execution by its nominal end), so the exact count, a device read, is
         # needed only where a checkpoint may be due, and at the epoch end.
         if self._count_var is not None and \
                 self._since_boundary + est - self._seg.epoch_images >= self.mini_epoch_images:
@@ -283,9 +242,13 @@ class RunRecorder(keras.callbacks.Callback):
                                          "record into a new folder or pass resume=True to continue it")
 
     def _create_run(self) -> None:
+        from core.run.custom_objects import object_modules
+
         manifest = make_manifest(self.run_dir.name, self._input_shape(), preprocessing=self.preprocessing,
                                  class_names=self.class_names, mini_epoch_images=self.mini_epoch_images,
                                  training=self.training_config, dataset=self.dataset)
+        # what a reader needs besides Keras: names, and the module to import where there is one
+        manifest["custom_objects"] = object_modules(self.model)
         self._writer.create(manifest, model=self.model, probes=self.probes, overwrite=True)
 
     def _input_shape(self) -> tuple[int, ...]:
@@ -343,12 +306,17 @@ class RunRecorder(keras.callbacks.Callback):
                 for old in (self.run_dir / RESUME_DIR).glob("opt_*.npz"):
                     if old.name != f"opt_{mini_epoch:06d}.npz":
                         old.unlink(missing_ok=True)
+            self._publish()
             if self.tensorboard_dir is not None:
                 self._write_tensorboard(row, weights)
             if self.on_checkpoint is not None:
                 self.on_checkpoint(mini_epoch, row)
         except BaseException as e:  # handed to the training thread by flush()
             self._error = e
+
+    def _publish(self) -> None:
+        if self._publisher is not None:
+            self._publisher.push()
 
     def _weights(self) -> dict[str, np.ndarray]:
         w = model_weights(self.model)
@@ -405,88 +373,3 @@ def _reloaded_paths(model, run: Run) -> dict[str, str]:
               "use this model's variable paths", file=sys.stderr)
         return {}
     return {a.path: b.path for a, b in zip(ours, theirs) if a.path != b.path}
-
-
-def _loss_count_variable(model):
-    """The compiled loss tracker's sample counter (a ``keras.metrics.Mean``), or None."""
-    for m in getattr(model, "metrics", None) or []:
-        if m.name == "loss" and isinstance(m, keras.metrics.Mean):
-            return getattr(m, "count", None)
-    return None
-
-
-class _Segment:
-    """Turns Keras's running epoch means into per-image means over one mini-epoch.
-
-    After a batch Keras reports, per metric, the mean over the images of the
-    epoch so far (the loss tracker weights each batch by its size), so
-    mean * images is the running sum; differences of running sums give the
-    mean over any span of images, also across epoch boundaries. Sums are kept
-    per segment, so a NaN poisons one mini-epoch's row, not all later ones.
-    """
-
-    def __init__(self) -> None:
-        self.epoch_images = 0
-        self._last: dict[str, float] = {}
-        self._start_sum: dict[str, float] = {}  # running sums at the segment start, this epoch
-        self._start_images = 0
-        self._acc_sum: dict[str, float] = {}  # segment sums carried from earlier epochs
-        self._acc_images = 0
-
-    def _epoch_sum(self, k: str) -> float:
-        return self._last.get(k, 0.0) * self.epoch_images
-
-    def new_epoch(self) -> None:
-        if self.epoch_images > self._start_images:  # else the segment holds nothing of this epoch
-            for k in self._last:
-                self._acc_sum[k] = self._acc_sum.get(k, 0.0) + self._epoch_sum(k) - self._start_sum.get(k, 0.0)
-            self._acc_images += self.epoch_images - self._start_images
-        self._last, self._start_sum, self._start_images, self.epoch_images = {}, {}, 0, 0
-
-    def update(self, epoch_images: int, logs: Mapping[str, Any]) -> None:
-        self.epoch_images = epoch_images
-        for k, v in logs.items():
-            try:
-                self._last[k] = float(v)
-            except (TypeError, ValueError):
-                pass
-
-    @property
-    def images(self) -> int:
-        """Images in the current segment."""
-        return self._acc_images + self.epoch_images - self._start_images
-
-    def mean(self, k: str) -> float:
-        n = self.images
-        if n <= 0 or (k not in self._last and k not in self._acc_sum):
-            return math.nan
-        return (self._acc_sum.get(k, 0.0) + self._epoch_sum(k) - self._start_sum.get(k, 0.0)) / n
-
-    def mean_acc(self) -> float:
-        for k in ("accuracy", "acc", "sparse_categorical_accuracy", "categorical_accuracy"):
-            v = self.mean(k)
-            if not math.isnan(v):
-                return v
-        return math.nan
-
-    def reset_segment(self) -> None:
-        self._start_sum = {k: self._epoch_sum(k) for k in self._last}
-        self._start_images = self.epoch_images
-        self._acc_sum, self._acc_images = {}, 0
-
-
-def evaluate(model, x: np.ndarray, y: np.ndarray, batch_size: int = 256, compiled: bool = True
-             ) -> tuple[float, float]:
-    """Sparse cross-entropy and top-1 accuracy of ``model`` on preprocessed (x, y) in inference mode.
-
-    ``compiled`` uses Keras's cached predict function (about twice as fast as
-    eager calls); only for models on a single replica.
-    """
-    losses, correct = [], 0
-    for i in range(0, len(x), batch_size):
-        xb = x[i:i + batch_size]
-        p = np.asarray(model.predict_on_batch(xb) if compiled else model(xb, training=False), np.float64)
-        t = np.asarray(y[i:i + batch_size]).astype(np.int64).reshape(-1)
-        losses.append(-np.log(np.clip(p[np.arange(len(t)), t], 1e-12, 1.0)))
-        correct += int((p.argmax(axis=1) == t).sum())
-    return float(np.concatenate(losses).mean()), correct / max(1, len(x))

@@ -17,8 +17,11 @@ import numpy as np
 from core.run.atomic import atomic_write_json
 from core.training.models import ArchConfig
 from core.run.runs import RESUME_DIR, Run, RunError, RunWriter
+from core.training.resume import (  # noqa: F401 - SIDE_FILES and STATUS are imported from here too
+    SIDE_FILES, STATUS, TRAIN_CONFIG, ResumePoint, _check_options_fit, _check_resumable, _clear_run_files,
+    _has_run_files, _manifest_config, _record_plan, _remove_temp_files, _started_here, resume_point,
+)
 
-STATUS = "train_status.json"
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "cosine")
 
@@ -151,93 +154,9 @@ def read_status(run_dir: Path) -> dict[str, Any] | None:
 
 ProgressFn = Callable[[dict[str, Any]], None]
 CheckpointFn = Callable[[int, dict[str, Any]], None]
-# Files a job launcher may put in a run folder before the trainer starts (see core.training.jobs).
-SIDE_FILES = frozenset({STATUS, "train.log", "job.json"})
-_RUN_FILES = ("manifest.json", "model.keras", "probes.npz", "history.csv", "checkpoints", RESUME_DIR)
-
-
-def _has_run_files(run_dir: Path) -> bool:
-    """True when ``run_dir`` holds anything besides job side files (a run, or a torn start of one)."""
-    try:
-        names = os.listdir(run_dir)
-    except FileNotFoundError:
-        return False
-    return any(n not in SIDE_FILES for n in names)
-
-
-def _started_here(run_dir: Path) -> bool:
-    """True when a trainer or a job launcher wrote here (the only folders resume may clear)."""
-    if any((run_dir / n).exists() for n in SIDE_FILES):
-        return True
-    try:
-        return bool(Run(run_dir).manifest.training)
-    except RunError:
-        return False
-
-
-def _clear_run_files(run_dir: Path) -> None:
-    """Remove what a killed first start left behind (no complete checkpoint), keeping job side files."""
-    import shutil
-
-    for n in _RUN_FILES:
-        p = run_dir / n
-        if p.is_dir():
-            shutil.rmtree(p)
-        else:
-            p.unlink(missing_ok=True)
-    _remove_temp_files(run_dir)
-
-
-def _remove_temp_files(run_dir: Path) -> None:
-    """Temp files of atomic writes interrupted by a kill; readers ignore them, resume tidies them."""
-    for d in (run_dir, run_dir / "checkpoints", run_dir / RESUME_DIR):
-        if d.is_dir():
-            for p in d.glob(".*.tmp*"):
-                p.unlink(missing_ok=True)
-
-
-@dataclass(frozen=True)
-class ResumePoint:
-    """Where a run continues: the last complete mini-epoch and the history values at it."""
-
-    mini_epoch: int
-    images_seen: int
-    wall_time: float
-
-
-def resume_point(run: Run) -> ResumePoint | None:
-    """The last complete checkpoint of ``run`` (one with a history row; 0 needs none), or None."""
-    try:
-        done = run.complete_mini_epochs()
-    except RunError:
-        return None
-    if not done:
-        return None
-    me = done[-1]
-    if me == 0:
-        return ResumePoint(0, 0, 0.0)
-    hist = run.history()
-    last = hist[hist["mini_epoch"] == me].iloc[0]
-    return ResumePoint(me, int(last["images_seen"]), float(last["wall_time"]))
-
-
-def _record_plan(run_dir: Path, mini_epochs: int) -> None:
-    """Keep the manifest's planned mini-epochs in step with a resume that extends (or cuts) the run."""
-    raw = Run(run_dir).manifest.raw
-    if raw.get("training", {}).get("mini_epochs") != mini_epochs:
-        atomic_write_json(run_dir / "manifest.json", {**raw, "training": {**raw["training"], "mini_epochs": mini_epochs}})
-
-
-def _manifest_config(run_dir: Path, mini_epochs: int) -> TrainConfig | None:
-    try:
-        return dataclasses.replace(TrainConfig.from_dict(Run(run_dir).manifest.training), mini_epochs=mini_epochs)
-    except (RunError, ValueError, TypeError):
-        return None
-
-
 def train(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False, progress: ProgressFn | None = None,
           strategy=None, handle_signals: bool = False, callbacks: Sequence[Any] = (),
-          on_checkpoint: CheckpointFn | None = None) -> Run:
+          on_checkpoint: CheckpointFn | None = None, tensorboard_dir: str | Path | None = None) -> Run:
     """Train the built-in network, writing checkpoint ``k`` after mini-epoch ``k``.
 
     With ``resume`` the run continues after its last complete checkpoint (one
@@ -250,33 +169,39 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False, progre
     ``callbacks`` are extra Keras callbacks; ``on_checkpoint(mini_epoch, row)``
     follows every checkpoint. With ``handle_signals`` SIGTERM/SIGINT stop
     training after the current batch (state ``cancelled``; the last complete
-    checkpoint stays).
+    checkpoint stays). ``tensorboard_dir``: also log each mini-epoch there (``RunRecorder``).
     """
     run_dir = Path(run_dir)
     stop = _StopFlag() if handle_signals else None
     try:
-        return _train(cfg, run_dir, resume, progress, strategy, stop, tuple(callbacks), on_checkpoint)
+        return _train(cfg, run_dir, resume, progress, strategy, stop, tuple(callbacks), on_checkpoint,
+                      tensorboard_dir)
     finally:
         if stop is not None:
             stop.restore()
 
 
 def _train(cfg: TrainConfig, run_dir: Path, resume: bool, progress: ProgressFn | None, strategy,
-           stop: "_StopFlag | None", extra_callbacks: tuple[Any, ...], on_checkpoint: CheckpointFn | None) -> Run:
+           stop: "_StopFlag | None", extra_callbacks: tuple[Any, ...], on_checkpoint: CheckpointFn | None,
+           tensorboard_dir: str | Path | None = None) -> Run:
     from core.training import data as data_mod
     from core.training.models import build_seed_net
     from core.run.preprocess import PreprocessSpec, apply_preprocessing
-    from core.training.recorder import RunRecorder, is_chief, restore_optimizer_state
+    from core.training.distribute import is_chief
+    from core.training.recorder import RunRecorder, restore_optimizer_state
     from core.run.runs import assign_weights, read_npz_weights
 
     chief = is_chief(strategy)
+    own = _check_resumable(run_dir) if resume else None
     point = resume_point(Run(run_dir)) if resume else None
     if point is not None:
-        cfg = dataclasses.replace(TrainConfig.from_dict(Run(run_dir).manifest.training), mini_epochs=cfg.mini_epochs)
+        cfg = dataclasses.replace(own, mini_epochs=cfg.mini_epochs) if own is not None else cfg
+        if own is None:
+            _check_options_fit(cfg, Run(run_dir), point.mini_epoch)
         if chief:
             RunWriter(run_dir).truncate_after(point.mini_epoch)
             _remove_temp_files(run_dir)
-            _record_plan(run_dir, cfg.mini_epochs)
+            _record_plan(run_dir, cfg)
     elif resume:
         if not _started_here(run_dir):
             raise RunError(run_dir, "nothing to resume: no run was started in this folder")
@@ -294,13 +219,15 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, progress: ProgressFn |
         return Run(run_dir)
     if chief:
         write_status(run_dir, state="starting", **_Progress.static_snapshot(cfg, start.mini_epoch))
+        # A second copy of the options, for ``python -m core repair`` when the manifest is damaged.
+        atomic_write_json(run_dir / RESUME_DIR / TRAIN_CONFIG, cfg.to_dict())
     data = load_data(cfg)
     scope = strategy.scope() if strategy is not None else _nullcontext()
     total_steps = cfg.steps_per_mini_epoch * cfg.mini_epochs
     with scope:
         model = build_seed_net(cfg.arch, seed=cfg.seed)
         opt = make_optimizer(cfg, total_steps)
-        model.compile(optimizer=opt, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        model.compile(optimizer=opt, loss="sparse_categorical_crossentropy", metrics=[_accuracy_metric()])
         if point is not None:
             assign_weights(model, read_npz_weights(Run(run_dir).checkpoint(start.mini_epoch).path))
             opt_file = run_dir / RESUME_DIR / f"opt_{start.mini_epoch:06d}.npz"
@@ -310,6 +237,8 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, progress: ProgressFn |
             elif start.mini_epoch > 0:
                 print(f"warning: no optimizer state for mini-epoch {start.mini_epoch} ({opt_file}); "
                       "the optimizer starts afresh", file=sys.stderr)
+        if not opt.built:  # its variables made now, not inside the first step (see _accuracy_metric)
+            opt.build(model.trainable_variables)
     spec = {"kind": cfg.preprocessing}
     # A new shuffle seed per resume point: the resumed stream is not the uninterrupted one, but
     # it is reproducible for the same resume point.
@@ -324,8 +253,8 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, progress: ProgressFn |
                            training_config=cfg.to_dict(), dataset=data.description,
                            class_names=data.class_names, start_mini_epoch=start.mini_epoch,
                            start_images=start.images_seen, start_wall_time=start.wall_time,
-                           save_optimizer=True, on_checkpoint=on_checkpoint)
-    watcher = _Progress(run_dir, cfg, start.mini_epoch, progress, write=chief)
+                           save_optimizer=True, on_checkpoint=on_checkpoint, tensorboard_dir=tensorboard_dir)
+    watcher = _Progress(run_dir, cfg, start.mini_epoch, progress, write=chief, stop=stop)
     cbs = [recorder, watcher, *extra_callbacks] + ([_StopCallback(stop)] if stop is not None else [])
     if stop is not None and stop.stopped:
         state = "cancelled"  # asked to stop while loading data: do not start
@@ -341,6 +270,14 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, progress: ProgressFn |
     if chief:
         write_status(run_dir, state=state, **watcher.snapshot())
     return Run(run_dir)
+
+
+def _accuracy_metric():
+    """The "accuracy" metric, built now: the string form creates its variables inside the first
+    training step, and a step that creates variables is traced twice (seconds per run)."""
+    import keras
+
+    return keras.metrics.SparseCategoricalAccuracy(name="accuracy")
 
 
 class _nullcontext:
@@ -360,9 +297,10 @@ def _keras_callback_base():
 class _Progress(_keras_callback_base()):
     """Reports images done, rate and ETA to a function and to ``train_status.json`` (~1/s)."""
 
-    def __init__(self, run_dir: Path, cfg: TrainConfig, start_me: int, fn: ProgressFn | None, write: bool = True):
+    def __init__(self, run_dir: Path, cfg: TrainConfig, start_me: int, fn: ProgressFn | None, write: bool = True,
+                 stop: "_StopFlag | None" = None):
         super().__init__()
-        self.run_dir, self.cfg, self.fn, self.write = run_dir, cfg, fn, write
+        self.run_dir, self.cfg, self.fn, self.write, self.stop = run_dir, cfg, fn, write, stop
         self.total = cfg.mini_epochs * cfg.steps_per_mini_epoch * cfg.batch_size
         self.done0 = start_me * cfg.steps_per_mini_epoch * cfg.batch_size
         self.done = self.done0
@@ -397,17 +335,22 @@ class _Progress(_keras_callback_base()):
     def on_train_batch_end(self, batch, logs=None):
         per_me = self.cfg.steps_per_mini_epoch * self.cfg.batch_size
         self.done = self.done0 + self._epoch * per_me + (batch + 1) * self.cfg.batch_size
-        self._emit()
+        # A stop is said at once (not up to 1 s late): the page shows where the run really ends.
+        self._emit(force=self._stopping)
 
     def on_epoch_end(self, epoch, logs=None):
         self._emit(force=True)
+
+    @property
+    def _stopping(self) -> bool:
+        return self.stop is not None and self.stop.stopped
 
     def _emit(self, force: bool = False) -> None:
         now = time.perf_counter()
         if not force and now - self._last < 1.0:
             return
         self._last = now
-        snap = {"state": "running", **self.snapshot()}
+        snap = {"state": "stopping" if self._stopping else "running", **self.snapshot()}
         if self.write:
             write_status(self.run_dir, **snap)
         if self.fn is not None:

@@ -6,9 +6,11 @@ dynamics, gates) for the README, taken on the demo runs when data/runs/demo-* ex
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from pathlib import Path
+from urllib.parse import parse_qs, urlparse
 
 import pytest
 
@@ -19,7 +21,7 @@ pytestmark = pytest.mark.browser
 REPO = Path(__file__).resolve().parents[2]
 SHOTS = REPO / "tests" / "e2e" / "screenshots"
 README_IMG = REPO / "docs" / "img"
-PHOTO = REPO.parent / "shared" / "testdata" / "photos" / "chelsea.png"
+PHOTO = REPO / "data" / "photos" / "chelsea.png"  # a built-in photo, shipped in the repository
 NAV = {"overview": "Overview", "grid": "Channel grid", "dynamics": "Dynamics", "gates": "SE gates",
        "weights": "Weights"}
 README_PAGES = ("overview", "grid", "dynamics", "gates")
@@ -61,6 +63,37 @@ def _no_exception(page, where: str) -> None:
     assert n == 0, f"{where}: {page.locator('[data-testid=stException]').first.inner_text()[:2000]}"
 
 
+class Console:
+    """The browser console's errors and warnings (Vega prints its warnings there), per page visited."""
+
+    def __init__(self, page) -> None:
+        self.seen: list[str] = []
+        page.on("console", self._add)
+        page.on("pageerror", lambda e: self.seen.append(f"pageerror: {e}"))
+        page.on("response", self._response)
+
+    def _add(self, msg) -> None:
+        # a failed request is reported with its address by the response handler
+        if msg.type in ("error", "warning") and not msg.text.startswith("Failed to load resource"):
+            self.seen.append(f"{msg.type}: {msg.text}")
+
+    def _response(self, r) -> None:
+        # Streamlit's page finds the server's base path by trying /<page>/_stcore/... first (a 404 at /grid)
+        if r.status >= 400 and not (r.status == 404 and re.search(r"/[a-z_]+/_stcore/(host-config|health)$", r.url)):
+            self.seen.append(f"HTTP {r.status} {r.url}")
+
+    def check(self, where: str) -> None:
+        """No error and no warning since the last check."""
+        seen, self.seen = self.seen, []
+        assert not seen, f"{where}: the browser console says\n" + "\n".join(seen[:20])
+
+
+def _url_ckpt(page) -> int:
+    from urllib.parse import parse_qs, urlparse
+
+    return int(parse_qs(urlparse(page.url).query)["ckpt"][0])
+
+
 def _shot(page, name: str, readme: bool) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
@@ -77,19 +110,20 @@ def test_browser_end_to_end(server):
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROME_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1440, "height": 2200 if readme else 1400})
+            console = Console(page)
             run = "demo-troubled" if (root / "demo-troubled").exists() else "tiny"
             t0 = time.perf_counter()
             page.goto(f"{url}/grid?run={run}")
             page.wait_for_selector("h1", timeout=120_000)
             t_content = time.perf_counter() - t0
-            page.wait_for_selector(GRID, timeout=120_000)
+            page.wait_for_selector(GRID, timeout=180_000)  # the time is printed; bench/ measures it
             t_grid, t_run = time.perf_counter() - t0, time.monotonic() - t_start
             idle(page)
             print(f"\nfirst render on a fresh server: page content {t_content:.1f} s, channel grid {t_grid:.1f} s "
                   f"after opening the page; {t_run:.1f} s after `streamlit run` started (the "
                   "server imports TensorFlow while the browser loads the page)")
             _no_exception(page, "grid")
-            assert t_grid <= 60, f"first render took {t_grid:.1f} s"
+            console.check("grid")
             assert grid_is_painted(page), "the grid's tiles are not drawn from their inline image"
 
             # scrub with the keyboard: focus the slider thumb (role slider: a hidden range input in
@@ -105,6 +139,7 @@ def test_browser_end_to_end(server):
             assert "ckpt=" in page.url
 
             # Play (one step before the end): steps forward by itself, then switches itself off at the end
+            ckpt_before_play = _url_ckpt(page)
             play = page.locator('[data-testid="stSidebar"] [data-testid="stCheckbox"]').filter(has_text="Play")
             play.locator("label").first.click()
             t_end = time.monotonic() + 30
@@ -115,19 +150,22 @@ def test_browser_end_to_end(server):
                                    ".every(i => i.type !== 'checkbox' || !i.checked)", timeout=30_000)
             idle(page)
             _no_exception(page, "grid after Play")
+            console.check("grid after Play")
+            # it ends on the last checkpoint and stays there (a request sent before the browser drew
+            # the moved scrubber used to move it back, or switch Play on again: ui.persist.moved)
+            assert _url_ckpt(page) == ckpt_before_play + 1, (page.url, ckpt_before_play)
             after = grid_src(page)
 
-            # upload a photo
-            if PHOTO.exists():
-                page.get_by_text("Upload", exact=True).click()
-                idle(page)
-                page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(str(PHOTO))
-                idle(page)
-                page.wait_for_selector("text=upload chelsea.png", timeout=60_000)
-                _no_exception(page, "grid after upload")
-                assert grid_src(page) != after
-                page.get_by_text("Probe set", exact=True).click()
-                idle(page)
+            # upload a built-in photo (shipped in data/photos)
+            page.get_by_text("Upload", exact=True).click()
+            idle(page)
+            page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(str(PHOTO))
+            idle(page)
+            page.wait_for_selector("text=upload chelsea.png", timeout=60_000)
+            _no_exception(page, "grid after upload")
+            assert grid_src(page) != after
+            page.get_by_text("Probe set", exact=True).click()
+            idle(page)
             with page.expect_download(timeout=30_000) as dl:  # the grid shown, as one PNG with its labels
                 page.get_by_role("button", name="Download the grid (PNG)").first.click()
             png = Path(dl.value.path()).read_bytes()
@@ -140,14 +178,35 @@ def test_browser_end_to_end(server):
                 idle(page)
                 page.wait_for_timeout(800)  # charts finish drawing
                 _no_exception(page, name)
+                console.check(name)
                 assert f"page={name}" in page.url
                 _shot(page, name, readme)
                 if name == "dynamics":
                     _export_downloads(page)
+            _follow_scale_row(page, console)
             if readme and run == "demo-troubled":
                 _readme_views(page, url)
         finally:
             browser.close()
+
+
+def _follow_scale_row(page, console) -> None:
+    """The Overview's ranked scale-change table: its first row's layer opens on Dynamics in the same tab."""
+    page.locator('[data-testid="stSidebarNav"]').get_by_text("Overview", exact=True).click()
+    idle(page)
+    page.wait_for_selector("text=Scale changes, largest first", timeout=120_000)
+    box = page.locator('[data-testid="stSelectbox"]').filter(has_text="Layer (ranked as above)")
+    # the label and the layer selected (the table's first row; Streamlit's combobox keeps it in an input)
+    shown = box.first.evaluate("e => e.textContent + ' ' + [...e.querySelectorAll('input')].map(i => i.value"
+                               " || i.getAttribute('aria-label') || '').join(' ')")
+    page.get_by_role("button", name="Open on Dynamics").click()
+    page.wait_for_function("() => location.search.includes('page=dynamics')", timeout=60_000)
+    idle(page)
+    layer = parse_qs(urlparse(page.url).query).get("layer", [""])[0]
+    assert layer and layer in shown.replace("Layer (ranked as above)", ""), (shown, page.url)
+    assert layer in page.locator('[data-testid="stMain"]').inner_text(), f"Dynamics does not show {layer}"
+    _no_exception(page, "dynamics from the scale table")
+    console.check("dynamics from the scale table")
 
 
 def _export_downloads(page) -> None:

@@ -79,9 +79,10 @@ def trust_root(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture
-def shared_testdata_or_none() -> Path | None:
-    """shared/testdata when its photos are there (the upload tests then use chelsea.png), else None."""
-    from tests.conftest import SHARED_TESTDATA
+def scrub_slider(at):
+    """The checkpoint slider (its key changes when the app moves it: ``ui.persist.moved``)."""
+    return next(s for s in at.select_slider if s.label == "Checkpoint (mini-epoch)")
 
-    return SHARED_TESTDATA if (SHARED_TESTDATA / "photos" / "chelsea.png").is_file() else None
+
+def play_toggle(at):
+    return next(t for t in at.toggle if t.label == "Play")

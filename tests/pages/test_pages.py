@@ -1,9 +1,13 @@
 """Every page through AppTest on the tiny runs: renders, reacts to its controls, never raises."""
 from __future__ import annotations
 
+import re
+import shutil
+
 import pytest
 
-from tests.pages.conftest import PAGES, grid_html, open_app, png_bytes, run_ok, texts
+from tests.conftest import BUILTIN_PHOTOS, PHOTO_NAMES
+from tests.pages.conftest import PAGES, grid_html, open_app, play_toggle, png_bytes, run_ok, scrub_slider, texts
 
 
 def _select_run(at, name: str):
@@ -57,14 +61,26 @@ def test_grid_controls(app_env):
     assert at.get("download_button")[0].label == "Download the grid (PNG)"
 
 
-def test_grid_trajectory_on_demand(app_env):
+def test_grid_trajectory_on_demand(app_env, tmp_path, monkeypatch):
+    """On a copy of the run without its cache, the trajectory waits for the button; the button draws it."""
+    from core.run.runs import Run
+
+    src = Run(app_env / "tiny")
+    shutil.copytree(src.path, tmp_path / "tiny", ignore=shutil.ignore_patterns(src.cache_dir.name))
+    monkeypatch.setenv("ADE_RUNS_ROOT", str(tmp_path))
     at = open_app("grid")
     at.selectbox(key="w_probe").set_value(5)
     run_ok(at)
-    if not at.get("vega_lite_chart"):
-        at.button(key="grid_traj_btn").click()
-        run_ok(at)
+    assert not at.get("vega_lite_chart"), "the trajectory was drawn before it was asked for"
+    import streamlit as st
+
+    said: list[str] = []
+    spinner = st.spinner
+    monkeypatch.setattr(st, "spinner", lambda text="", **kw: (said.append(text), spinner(text, **kw))[1])
+    at.button(key="grid_traj_btn").click()
+    run_ok(at)
     assert len(at.get("vega_lite_chart")) == 1
+    assert any("channel 0" in t for t in said), said  # issue 17.9: the wait says what it does
 
 
 def test_grid_marks_nan_channels(app_env):
@@ -75,7 +91,7 @@ def test_grid_marks_nan_channels(app_env):
     assert '<i class="m-nonfinite">' in grid_html(at) and "NaN/Inf values" in grid_html(at)  # red border, hover text
     at.selectbox(key="w_grid_scale").set_value("fixed")
     run_ok(at)
-    at.select_slider(key="w_ckpt").set_value(1)  # before the NaN: clean
+    scrub_slider(at).set_value(1)  # before the NaN: clean
     run_ok(at)
     assert "NaN or Inf" not in texts(at, "error") and '<i class="m-nonfinite">' not in grid_html(at)
 
@@ -83,31 +99,73 @@ def test_grid_marks_nan_channels(app_env):
 def test_query_params_round_trip(app_env):
     at = open_app(query={"run": "tiny", "ckpt": "1", "layer": "block1_conv1", "page": "grid"})
     assert at.title[0].value == "Channel grid"
-    assert at.select_slider(key="w_ckpt").value == 1
+    assert scrub_slider(at).value == 1
     assert at.selectbox(key="w_layer").value == "block1_conv1"
     assert at.query_params["ckpt"] == "1" and at.query_params["page"] == "grid"
-    at.select_slider(key="w_ckpt").set_value(2)
+    scrub_slider(at).set_value(2)
     run_ok(at)
     assert at.query_params["ckpt"] == "2" and at.query_params["layer"] == "block1_conv1"
     assert at.query_params["run"] == "tiny"
     at.button(key="w_ckpt_prev").click()
     run_ok(at)
-    assert at.query_params["ckpt"] == "1" and at.select_slider(key="w_ckpt").value == 1
+    assert at.query_params["ckpt"] == "1" and scrub_slider(at).value == 1
     at.button(key="w_ckpt_next").click()
     at.run()
     at.button(key="w_ckpt_next").click()
     run_ok(at)
     assert at.query_params["ckpt"] == "3"
-    at.toggle(key="w_play").set_value(True)  # Play from the end restarts at the first checkpoint
+    play_toggle(at).set_value(True)  # Play from the end restarts at the first checkpoint
     run_ok(at)
-    assert at.select_slider(key="w_ckpt").value == 0
-    at.toggle(key="w_play").set_value(False)
+    assert scrub_slider(at).value == 0
+    play_toggle(at).set_value(False)
     run_ok(at)
     # the choice survives a page switch and comes back in the URL
     at.switch_page("pages/dynamics.py")
     run_ok(at)
     assert at.query_params["ckpt"] == "0" and at.query_params["page"] == "dynamics"
     assert at.selectbox(key="w_layer").value == "block1_conv1"
+
+
+def test_a_request_sent_before_the_moved_scrubber_was_drawn_does_not_move_it_back(app_env):
+    """The browser sends every widget's value with every request, Play's timer ticks included.
+
+    One sent after the app moved the checkpoint (Play, Next) but before the browser drew the
+    moved slider carries the old value. Under the same widget key Streamlit took it for the
+    user's move back: Play stepped back or never ended on a busy machine (the browser test's
+    "Play did not step" failure). Replayed here: the widget values of the page before the move.
+    """
+    at = open_app(query={"run": "tiny", "ckpt": "1", "page": "grid"})
+    as_drawn_before = at._tree.get_widget_states()  # what a browser that has not drawn the next run sends
+    at.button(key="w_ckpt_next").click()
+    run_ok(at)
+    assert at.query_params["ckpt"] == "2" and "mini-epoch **2**" in texts(at, "markdown")
+    at._run(as_drawn_before)  # AppTest's run with given widget values (what AppTest.run() does with its own)
+    assert not at.exception, [e.message for e in at.exception]
+    assert at.query_params["ckpt"] == "2" and scrub_slider(at).value == 2
+    assert "mini-epoch **2**" in texts(at, "markdown")
+
+
+def test_shared_link_restores_the_grid_settings_and_the_probe_image(app_env):
+    """Issue 17.5: colour scale, colormap, sort, tile size and the probe image travel in the link too."""
+    q = {"run": "tiny", "page": "grid", "ckpt": "2", "scale": "channel", "cmap": "coolwarm", "sort": "std",
+         "tile": "large", "source": "probe", "probe": "3"}
+    at = open_app(query=q)
+    assert at.title[0].value == "Channel grid"
+    assert (at.selectbox(key="w_grid_scale").value, at.selectbox(key="w_grid_cmap").value,
+            at.selectbox(key="w_grid_sort").value, at.selectbox(key="w_grid_tile").value) == (
+        "channel", "coolwarm", "std", "large")
+    assert at.selectbox(key="w_probe").value == 3
+    assert all(at.query_params[k] == v for k, v in q.items()), dict(at.query_params)
+    at.selectbox(key="w_grid_sort").set_value("mean")
+    run_ok(at)
+    assert at.query_params["sort"] == "mean"
+    # Train and Compare keep the run in the link
+    for page in ("train", "compare"):
+        at.switch_page(f"pages/{page}.py")
+        run_ok(at)
+        assert at.query_params["run"] == "tiny", (page, dict(at.query_params))
+    bad = open_app(query={"run": "tiny", "page": "grid", "sort": "colour"})
+    assert "sort='colour'" in texts(bad, "warning") and bad.selectbox(key="w_grid_sort").value == "index"
 
 
 def test_grid_scrubber_is_a_fragment_in_its_sidebar_place(app_env, monkeypatch):
@@ -119,14 +177,14 @@ def test_grid_scrubber_is_a_fragment_in_its_sidebar_place(app_env, monkeypatch):
     side = [c.type for c in at.sidebar.children.values()]
     assert side[0] == "selectbox" and len(side) >= 3
     blocks = list(at.sidebar.children.values())
-    assert blocks[1].select_slider(key="w_ckpt").value == 1  # right under the run picker
+    assert blocks[1].select_slider[0].value == 1  # right under the run picker
     assert blocks[2].radio(key="w_source")  # the probe image comes after it
     n = len(state.FRAGMENT_TIMES["grid"])
-    at.select_slider(key="w_ckpt").set_value(2)
+    scrub_slider(at).set_value(2)
     run_ok(at)
     assert len(state.FRAGMENT_TIMES["grid"]) == n + 1 and "mini-epoch **2**" in texts(at, "markdown")
     assert at.query_params["ckpt"] == "2"
-    at.toggle(key="w_play").set_value(True)  # Play's timer is started by the full run
+    play_toggle(at).set_value(True)  # Play's timer is started by the full run
     run_ok(at)
     assert at.radio(key="w_speed").value == "1 s"
 
@@ -143,7 +201,7 @@ def test_grid_checkpoint_that_cannot_be_read_keeps_the_scrubber(app_env, monkeyp
     assert "could not be extracted" in texts(at, "error")
     at.button(key="w_ckpt_prev").click()  # still there: the user can move away
     run_ok(at)
-    assert at.select_slider(key="w_ckpt").value == 1
+    assert scrub_slider(at).value == 1
     monkeypatch.undo()
     _clear_image_caches()
 
@@ -159,11 +217,11 @@ def test_invalid_query_params_fall_back_with_warnings(app_env):
 
 
 @pytest.mark.parametrize("bad", [b"", b"definitely not an image", png_bytes()[:60]])
-def test_upload_good_then_bad_image(app_env, shared_testdata_or_none, bad):
+def test_upload_good_then_bad_image(app_env, bad):
     at = open_app("grid")
     at.radio(key="w_source").set_value("upload")
     run_ok(at)
-    good = (shared_testdata_or_none / "photos" / "chelsea.png").read_bytes() if shared_testdata_or_none else png_bytes()
+    good = (BUILTIN_PHOTOS / "chelsea.png").read_bytes()
     at.get("file_uploader")[0].set_value(("chelsea.png", good, "image/png"))
     run_ok(at)
     assert "upload chelsea.png" in texts(at, "markdown")
@@ -177,22 +235,41 @@ def test_upload_good_then_bad_image(app_env, shared_testdata_or_none, bad):
     run_ok(at)
 
 
-def test_builtin_photo_or_hidden(app_env):
-    from ui import state
+def test_upload_size_limit_is_said_in_the_page(app_env):
+    """Issue 17.6: the browser refuses a file over the limit by itself; the page says the limit up front."""
+    import streamlit as st
 
     at = open_app("grid")
-    opts = at.radio(key="w_source").options
-    if not state.photos():
-        assert "Built-in photo" not in opts
-        return
+    at.radio(key="w_source").set_value("upload")
+    run_ok(at)
+    limit = st.get_option("server.maxUploadSize")
+    assert f"Files over {limit} MB are refused" in texts(at, "caption")
+    assert f"up to {limit} MB" in at.get("file_uploader")[0].proto.label
+
+
+def test_builtin_photos_are_offered(app_env):
+    from ui import state
+
+    assert [p.name for p in state.photos()] == list(PHOTO_NAMES), f"built-in photos missing in {state.PHOTOS_DIR}"
+    at = open_app("grid")
+    assert "Built-in photo" in at.radio(key="w_source").options
     at.radio(key="w_source").set_value("photo")
     run_ok(at)
-    at.selectbox(key="w_photo").set_value(at.selectbox(key="w_photo").options[0])
+    assert at.selectbox(key="w_photo").options == list(PHOTO_NAMES)
+    at.selectbox(key="w_photo").set_value("coffee.png")
     run_ok(at)
-    assert "photo " in texts(at, "markdown")
+    assert "photo coffee.png" in texts(at, "markdown")
     at.switch_page("pages/dynamics.py")
     run_ok(at)  # the photo is swept as an extra image
     assert len(at.get("vega_lite_chart")) >= 3
+
+
+def test_builtin_photo_choice_hidden_without_photos(app_env, tmp_path, monkeypatch):
+    from ui import probe_picker
+
+    monkeypatch.setattr(probe_picker, "PHOTOS_DIR", tmp_path)  # an empty folder
+    at = open_app("grid")
+    assert "Built-in photo" not in at.radio(key="w_source").options
 
 
 def test_dynamics_and_weights_options(app_env):
@@ -232,23 +309,22 @@ def test_trust_opt_in(trust_root, monkeypatch):
 
 
 def test_findings_panel_and_show_button(app_env):
-    from ui import cache
-
-    if not cache.diagnose_available():
-        pytest.skip("core.analysis.diagnose is not there yet")
     at = open_app(query={"run": "tiny-nan"})
     buttons = [b for b in at.button if str(b.key or "").startswith("finding_overview_")]
     assert buttons, "the overview lists the run's findings"
-    buttons[0].click()
+    show = buttons[0]  # the most severe: NaN/Inf, from mini-epoch 2 where the fixture planted it
+    assert re.fullmatch(r"Open (?!Overview).+, mini-epoch 2", show.help), show.help
+    show.click()
     run_ok(at)
-    assert at.query_params["page"] != "overview" or at.title[0].value == "Overview"
+    assert at.query_params["page"] != "overview" and at.title[0].value != "Overview"
+    assert at.query_params["ckpt"] == "2", dict(at.query_params)
 
 
 def _clear_image_caches():
-    from ui import cache
+    from ui import cache, grid_cache
 
-    for fn in (cache.image_activations, cache.image_layer, cache.layer_maps, cache.grid_html, cache.channel_view_html,
-               cache.colorbar_html, cache._read_ahead):
+    for fn in (cache.image_activations, cache.image_layer, cache.layer_maps, grid_cache.grid_html,
+               grid_cache.channel_view_html, grid_cache.colorbar_html, cache.read_ahead_state):
         fn.clear()
 
 
@@ -258,11 +334,11 @@ def test_next_checkpoint_is_read_and_drawn_ahead(app_env, monkeypatch):
     import time
 
     from core.engine.engine import RunEngine
-    from ui import cache
+    from ui import cache, grid_cache
 
     _clear_image_caches()
     calls, draws = [], []
-    real_acts, real_grid = RunEngine.activations, cache._draw_grid
+    real_acts, real_grid = RunEngine.activations, grid_cache._draw_grid
 
     def spy_acts(self, ckpt, images):
         calls.append((ckpt.mini_epoch, threading.current_thread().name))
@@ -273,7 +349,7 @@ def test_next_checkpoint_is_read_and_drawn_ahead(app_env, monkeypatch):
         return real_grid(*a)
 
     monkeypatch.setattr(RunEngine, "activations", spy_acts)
-    monkeypatch.setattr(cache, "_draw_grid", spy_grid)
+    monkeypatch.setattr(grid_cache, "_draw_grid", spy_grid)
     at = open_app("grid", {"run": "tiny", "ckpt": "1", "layer": "block2_add"})
     deadline = time.monotonic() + 30
     while not cache.read_ahead_idle() and time.monotonic() < deadline:
@@ -287,16 +363,17 @@ def test_next_checkpoint_is_read_and_drawn_ahead(app_env, monkeypatch):
     assert not [me for me, t in calls if me == 2]  # not extracted again
     assert not [t for t in draws if not t.startswith("ade-read-ahead")]  # the grid was not drawn again
     # grid and channel view of mini-epoch 2 were both used (those of 3 may be drawn ahead by now)
-    assert not [k for k in cache._read_ahead().drawings if k[2][0] == 2]
+    assert not [k for k in cache.read_ahead_state().drawings if k[2][0] == 2]
     _clear_image_caches()
 
 
 def test_read_ahead_failures_and_limits():
     from concurrent.futures import ThreadPoolExecutor
 
-    from ui.cache import _ReadAhead
+    from core.engine.readahead import ReadAhead
+    from ui.cache import ACTIVATION_ENTRIES
 
-    ra = _ReadAhead()
+    ra = ReadAhead(ACTIVATION_ENTRIES)
     ra.pool = ThreadPoolExecutor(max_workers=1)
 
     def boom():
@@ -344,7 +421,7 @@ def test_grid_computes_only_the_layer_shown_for_a_new_checkpoint(app_env, monkey
     real_full, real_one = RunEngine.activations, RunEngine.tap_activations
     monkeypatch.setattr(RunEngine, "activations", lambda self, *a: full.append(1) or real_full(self, *a))
     monkeypatch.setattr(RunEngine, "tap_activations", lambda self, *a: one.append(a[-1]) or real_one(self, *a))
-    at.select_slider(key="w_ckpt").set_value(2)
+    scrub_slider(at).set_value(2)
     run_ok(at)
     assert one == ["stem_conv"] and not full
     assert "mini-epoch **2**" in texts(at, "markdown")

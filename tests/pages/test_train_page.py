@@ -99,9 +99,12 @@ def test_start_follow_refuse_cancel_resume(roots):
     assert _poll(at, lambda a: _state(a) == "cancelled", timeout=60), jobs.log_tail(run_dir)
     done = Run(run_dir).complete_mini_epochs()[-1]
     assert 2 <= done < 1000
+    said = " ".join(i.value for i in at.info)
+    assert f"Cancelled after {jobs.status(run_dir).images_done:,} images" in said, said
+    assert f"last complete checkpoint, mini-epoch {done}" in said, said
 
     # Resume to two more mini-epochs than were complete.
-    at.number_input(key="train_resume_total").set_value(done + 2)
+    at.number_input(key="train_resume_total:tiny-1").set_value(done + 2)
     at.button(key="train_resume").click()
     at.run()
     assert not at.exception, at.exception
@@ -140,6 +143,8 @@ def test_combine_status_states():
     assert jobs.combine_status(running, {**job, "cancel_requested": True}, alive=False).state == "cancelled"
     assert jobs.combine_status({**running, "state": "done", "mini_epoch": 4}, job, alive=False).state == "done"
     assert jobs.combine_status(None, job, alive=True).state == "starting"
+    stopping = jobs.combine_status({**running, "state": "stopping"}, job, alive=True)
+    assert (stopping.state, stopping.active) == ("stopping", True)  # a cancel seen: ends after this batch
     # A resumed job (new pid) does not inherit the old process's final state.
     old = {**running, "state": "done", "pid": 5}
     assert jobs.combine_status(old, {**job, "pid": 12}, alive=True).state == "starting"
@@ -162,3 +167,69 @@ def test_lock_refuses_a_second_training(tmp_path):
     finally:
         os.close(fd)
     assert jobs.lock_holder(tmp_path) is None  # released with its holder
+
+
+# -- issue 17.1: the resume total belongs to the run followed -------------------------------------------------
+def _finished_job(runs: Path, src: Path, name: str, planned: int, state: str) -> Path:
+    """A copy of ``src`` (3 complete mini-epochs) whose job planned ``planned`` and ended in ``state``."""
+    import json
+    import shutil
+
+    from core.training.trainer import STATUS, TrainConfig
+
+    d = runs / name
+    shutil.copytree(src, d, ignore=shutil.ignore_patterns("cache"))
+    cfg = TrainConfig.from_dict(Run(d).manifest.training).to_dict() | {"mini_epochs": planned}
+    (d / jobs.JOB).write_text(json.dumps({"config": cfg, "pid": None, "cancel_requested": state == "cancelled"}))
+    per_me = 128
+    (d / STATUS).write_text(json.dumps({"state": state, "pid": None, "mini_epoch": 3, "mini_epochs": planned,
+                                        "images_done": 3 * per_me, "images_total": planned * per_me}))
+    return d
+
+
+def test_resume_total_follows_the_run_and_never_goes_below_what_is_done(roots, runs_root):
+    runs, _ = roots
+    _finished_job(runs, runs_root / "tiny", "a-done", 3, "done")
+    b = _finished_job(runs, runs_root / "tiny", "b-cancelled", 20, "cancelled")
+    at = _app()
+    at.selectbox(key="train_follow_pick").set_value("a-done").run()
+    total = next(n for n in at.number_input if n.label == "Mini-epochs in total")
+    assert total.value == 3
+    at.selectbox(key="train_follow_pick").set_value("b-cancelled").run()
+    total = next(n for n in at.number_input if n.label == "Mini-epochs in total")
+    assert total.value == 20  # B's plan, not the 3 shown for A
+
+    # a total at or below the complete mini-epochs is refused with what to do, and nothing starts
+    total.set_value(3)
+    at.button(key="train_resume").click()
+    at.run()
+    assert any("already has 3 complete mini-epochs" in e.value for e in at.error), [e.value for e in at.error]
+    assert jobs.lock_holder(runs) is None and jobs.status(b).state == "cancelled"
+    with pytest.raises(jobs.JobError, match="more than 3"):
+        jobs.resume(b, mini_epochs=2)
+
+
+def test_starting_phase_says_what_it_does(roots):
+    """Issue 17.9: ~10 s at "starting · 0 / 0 images" said nothing useful; no ETA before a mini-epoch ends."""
+    import json
+    import subprocess
+    import sys
+
+    runs, _ = roots
+    d = runs / "warming-up"
+    d.mkdir()
+    # a live process that looks like a training job (its command line names core) and has said nothing yet
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "core"])
+    try:
+        (d / jobs.JOB).write_text(json.dumps({"config": {"mini_epochs": 20}, "pid": proc.pid}))
+        at = AppTest.from_file(str(REPO / "pages" / "train.py"), default_timeout=60)
+        at.session_state["train_follow"] = "warming-up"
+        at.run()
+        assert not at.exception, at.exception
+        assert _state(at) == "starting"
+        text = at.get("progress")[0].proto.text
+        assert "imports TensorFlow" in text and "mini-epoch 1 of 20" in text, text
+        assert next(m.value for m in at.metric if m.label == "ETA") == "–"
+    finally:
+        proc.kill()
+        proc.wait()

@@ -125,7 +125,17 @@ def test_lambda_model_never_runs_without_trust_core(hostile):
     marker.unlink()
 
 
-@pytest.mark.parametrize("kind", ["popen", "path_touch", "exec_activation"])
+def test_injected_initializer_is_dropped_never_built(hostile):
+    """An initializer naming a non-Keras class (pathlib.Path) does not change the forward pass: it is left
+    out of the config before anything is deserialised (so it is never constructed) and reported."""
+    from core.run.loading import load_model_noted
+
+    loaded = load_model_noted(hostile["files"]["path_touch"])
+    assert any("kernel_initializer" in d and "Path" in d for d in loaded.dropped), loaded.dropped
+    assert not hostile["marker"].exists(), "path_touch: code ran"
+
+
+@pytest.mark.parametrize("kind", ["popen", "exec_activation"])
 def test_config_injection_is_refused(hostile, kind):
     """Configs naming non-Keras modules (subprocess.Popen, pathlib.Path, builtins.exec) are refused in safe mode."""
     from core.run.loading import ModelLoadError, load_model_file

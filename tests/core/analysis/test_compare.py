@@ -9,6 +9,8 @@ import pandas as pd
 import pytest
 
 from core.analysis import compare as C
+from core.render import compare_charts as CC
+from core.run.images import fit_probe
 from core.analysis.sweep import SweepResult
 
 
@@ -19,7 +21,8 @@ def _result(run: str, std: dict[tuple[int, str], list[float]], widths: dict[str,
             zeros: dict[tuple[int, str], list[list[float]]] | None = None,
             gates: dict[tuple[int, str], list[tuple[float, float]]] | None = None,
             order: tuple[str, ...] | None = None, blocks: tuple[str, ...] = ()) -> SweepResult:
-    """std[(me, layer)] = per-probe layer std; zeros[(me, layer)][probe][channel] = frac_zero;
+    """std[(me, layer)] = per-probe layer std; zeros[(me, layer)][probe][channel] = frac_zero (a ReLU output:
+    max 0 where frac_zero is 1);
     gates[(me, block)] = per-probe (frac_low, frac_high)."""
     order = order or tuple(dict.fromkeys(l for _, l in std))
     depth = {l: i for i, l in enumerate(order)}
@@ -35,7 +38,7 @@ def _result(run: str, std: dict[tuple[int, str], list[float]], widths: dict[str,
                 for c in range(widths[l]):
                     fz = per_probe[p][c] if per_probe else 0.0
                     crows.append({"run": run, "mini_epoch": me, "probe": p, "layer": l, "channel": c,
-                                  "frac_zero": fz, "mean": 0.0})
+                                  "frac_zero": fz, "max": 0.0 if fz >= 1 else 1.0, "mean": 0.0})
     grows = [{"run": run, "mini_epoch": me, "probe": p, "block": b, "frac_low": lo, "frac_high": hi,
               "frac_half": 0.0, "mean": 0.5, "std": 0.1}
              for (me, b), vals in (gates or {}).items() for p, (lo, hi) in enumerate(vals)]
@@ -110,11 +113,17 @@ def test_layer_series_is_the_mean_over_probes():
 
 
 def test_dead_channels_are_zero_on_every_probe():
+    from core.analysis.stats import dead_channels
+
     a, b = _pair()
     d = C.dead_fractions([a, b], ["act1"]).set_index(["run", "mini_epoch"])
     assert d.loc[("b", 1), "n_dead"] == 1 and d.loc[("b", 1), "n_channels"] == 2
     assert d.loc[("b", 1), "frac_dead"] == 0.5
     assert d.loc[("a", 1), "frac_dead"] == 0.0 and d.loc[("b", 2), "frac_dead"] == 0.0
+    # one definition of "dead" (never positive on any probe): the same counts as the statistics module's
+    ch = b.channels[b.channels["layer"] == "act1"]
+    ref = dead_channels(ch).set_index("mini_epoch")
+    assert d.loc["b", "n_dead"].tolist() == ref["n_dead"].tolist()
 
 
 def test_gate_saturation_is_the_mean_over_probes():
@@ -199,9 +208,9 @@ def test_match_checkpoints():
 
 def test_fit_probe_and_shared_range():
     img = np.arange(4 * 4 * 3, dtype=np.uint8).reshape(4, 4, 3)
-    assert C.fit_probe(img, (4, 4, 3)) is img
-    assert C.fit_probe(img, (8, 8, 3)).shape == (8, 8, 3)
-    grey = C.fit_probe(img, (4, 4, 1))
+    assert fit_probe(img, (4, 4, 3)) is img
+    assert fit_probe(img, (8, 8, 3)).shape == (8, 8, 3)
+    grey = fit_probe(img, (4, 4, 1))
     assert grey.shape == (4, 4, 1) and grey[0, 0, 0] == 1  # mean of 0, 1, 2
     assert C.shared_range([np.array([[-1.0, 2.0]]), np.array([[np.nan, 5.0]])]) == (-1.0, 5.0)
     assert C.shared_range([np.array([np.nan])]) is None
@@ -210,11 +219,11 @@ def test_fit_probe_and_shared_range():
 def test_charts_build_and_say_when_data_is_missing():
     a, b = _pair()
     s = C.layer_series([a, b], ["conv1"], stats=("std",))
-    assert C.overlay_chart(s, "std", ["a", "b"], log=True).to_dict()["mark"]["type"] == "line"
-    assert "No std" in str(C.overlay_chart(s.iloc[:0], "std", ["a", "b"]).to_dict())
+    assert CC.overlay_chart(s, "std", ["a", "b"], log=True).to_dict()["mark"]["type"] == "line"
+    assert "No std" in str(CC.overlay_chart(s.iloc[:0], "std", ["a", "b"]).to_dict())
     g = C.gate_saturation([a, b])
-    assert "facet" in C.gate_saturation_chart(g, ["a", "b"]).to_dict()
-    assert "No SE blocks shared" in str(C.gate_saturation_chart(g.iloc[:0], ["a", "b"]).to_dict())
+    assert "facet" in CC.gate_saturation_chart(g, ["a", "b"]).to_dict()
+    assert "No SE blocks shared" in str(CC.gate_saturation_chart(g.iloc[:0], ["a", "b"]).to_dict())
 
 
 # ---- real runs: a copy of tiny with the stem convolution shrunk -------------------------------------------

@@ -11,14 +11,13 @@ import copy
 import json
 import math
 from pathlib import Path
-from urllib.parse import parse_qs
 
 import pandas as pd
 import pytest
 
 from core.analysis.diagnose import (
-    KINDS, PAGES, SEVERITIES, Finding, Thresholds, add_diagnose, bn_momentum_of, diagnose, findings_frame,
-    format_findings,
+    KINDS, SEVERITIES, TEXTS, Finding, Thresholds, View, bn_momentum_of, diagnose, findings_frame, format_findings,
+    scale_table,
 )
 from core.run.runs import Run
 from core.analysis.sweep import SweepResult, sweep
@@ -42,7 +41,7 @@ class _Sweeper:
     def __init__(self):
         self.engines: dict[bool, object] = {}
 
-    def __call__(self, run: Run) -> tuple[SweepResult, list[Finding]]:
+    def __call__(self, run: Run, table: bool = False) -> tuple[SweepResult, list[Finding]]:
         from core.engine.engine import RunEngine
 
         bn = bool(run.manifest.training["arch"]["batchnorm"])
@@ -54,7 +53,10 @@ class _Sweeper:
             engine.run = run
         result = sweep(run, engine=engine)
         th = Thresholds(bn_momentum=bn_momentum_of(run))
-        return result, diagnose(result, run.history(), run.manifest, th)
+        found = diagnose(result, run.history(), run.manifest, th)
+        if table:
+            return result, found, scale_table(result, run.history(), run.manifest, th)
+        return result, found
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +91,14 @@ def shrink(nobn, root, sweeper):
     run = copy_run(nobn, root / "shrink")
     plant_shrink(run, K, "block2_conv1", factor=0.02)
     return sweeper(run)
+
+
+@pytest.fixture(scope="module", params=[10, 30])
+def planted_shrink(request, nobn, root, sweeper):
+    """A 10x / 30x shrink of block2_conv1 from mini-epoch K on (a step, then the same factor again)."""
+    run = copy_run(nobn, root / f"shrink{request.param}")
+    plant_shrink(run, K, "block2_conv1", factor=1 / request.param)
+    return (request.param, *sweeper(run, table=True))
 
 
 @pytest.fixture(scope="module")
@@ -161,13 +171,33 @@ def test_progressive_shrink_is_a_collapse_with_its_onset_depth(shrink):
     f = _only(findings, "activation_collapse", mini_epoch=K)
     assert f.layer == "block2_conv1" and f.layers[0] == "block2_conv1"
     assert f.evidence["factor"] >= 10 and f.evidence["loss_rose"] is False
-    assert f.page == "dynamics" and "did not rise" in f.message
+    assert f.view == View("dynamics", layer="block2_conv1", checkpoint=K) and "did not rise" in f.message
+
+
+def test_planted_shrink_tops_the_scale_table_and_matches_the_finding(planted_shrink):
+    factor, result, findings, table = planted_shrink
+    top = table.iloc[0]
+    assert (top["layer"], top["onset"], top["direction"]) == ("block2_conv1", K, "shrink")
+    assert top["baseline_mini_epoch"] == 0  # no BatchNorm: mini-epoch 0 is judged
+    # the table's numbers are the sweep's: median over probes of the layer std
+    L = result.layers
+    std = L[L["layer"].astype(str) == "block2_conv1"].groupby("mini_epoch")["std"].median()
+    assert top["std_baseline"] == pytest.approx(std[0]) and top["std_last"] == pytest.approx(std.iloc[-1])
+    assert top["shrink"] == pytest.approx(std[0] / std.min()) and top["change"] >= factor * 0.5
+    f = _only(findings, "activation_collapse", layer="block2_conv1")
+    assert (f.severity, f.mini_epoch) == ("problem", K)
+    assert f.evidence["reference_std"] == pytest.approx(top["std_baseline"])
+    assert f.evidence["factor_max"] == pytest.approx(top["change"])
+    crossed = table[table["onset"] >= 0]
+    assert set(f.layers) == set(crossed[crossed["group"] == top["group"]]["layer"])
+    assert f.advice is not None and "weight decay" in f.advice.causes and f.advice.observed
 
 
 def test_se_gates_off_open_and_half(gates):
     _, findings = gates
     off = _only(findings, "gates_off")
     assert (off.layer, off.mini_epoch, off.severity, off.page) == ("block1_se", K_BN, "problem", "gates")
+    assert off.view == View("gates", block="block1_se", checkpoint=K_BN)  # opens the page with the block selected
     opn = _only(findings, "gates_open")
     assert (opn.layer, opn.mini_epoch) == ("block2_se", K_BN) and opn.severity in ("warning", "problem")
     half = _only(findings, "gates_half")
@@ -206,22 +236,25 @@ def test_findings_are_sorted_grouped_and_well_formed(dead, shrink, gates, bn_all
         keys = [(f.kind, f.severity, f.mini_epoch, f.layer) for f in findings]
         assert len(keys) == len(set(keys))
         for f in findings:
-            assert f.kind in KINDS and f.page in PAGES and f.layer in f.layers
+            assert f.kind in KINDS and f.layer in f.layers
             assert f.message.endswith(".") and str(f.mini_epoch) in f.message
-            json.dumps(f.to_dict(), allow_nan=False)
-            q = parse_qs(f.link[1:])
-            assert q["page"] == [f.page] and q["layer"] == [f.layer] and q["ckpt"] == [str(f.checkpoint)]
-            assert q["run"] == [f.run] and f.run
+            d = f.to_dict()
+            json.dumps(d, allow_nan=False)
+            assert d["view"]["page"] == f.view.page and f.layer in (f.view.layer, f.view.block)
+            assert f.advice is not None and f.advice.causes and f.advice.remedy
+            assert (f.advice.causes, f.advice.remedy) == TEXTS[f.kind] or f.severity == "info"
         assert list(findings_frame(findings)["kind"]) == [f.kind for f in findings]
 
 
 def test_cli_prints_a_table_and_json(nan, root, capsys):
+    from core.cli import add_diagnose
+
     parser = argparse.ArgumentParser()
     add_diagnose(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["diagnose", "nan", "--runs-root", str(root), "--json"])
     assert args.func(args) == 0
     out = json.loads(capsys.readouterr().out)
-    assert [d["kind"] for d in out][0] == "nan_inf" and out[0]["link"].startswith("?page=weights")
+    assert [d["kind"] for d in out][0] == "nan_inf" and out[0]["view"]["page"] == "weights"
     args = parser.parse_args(["diagnose", str(root / "nan")])
     assert args.func(args) == 0
     text = capsys.readouterr().out

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from core.analysis import inspector as I
+from core.render import inspector_views as IV
 
 
 def _channels(values: dict[int, list[float]], layer: str = "conv1", channel: int = 2) -> pd.DataFrame:
@@ -46,7 +47,7 @@ def test_rank_trajectories_and_stability():
     assert ranks[2].tolist() == [1, 4, 2, 3]
     s = I.rank_stability(t, k=2, reference=2)  # top 2 at mini-epoch 2: probes 0 and 2
     assert s["overlap"].tolist() == [1, 1, 2] and s["fraction"].tolist() == [0.5, 0.5, 1.0]
-    chart = I.rank_chart(t, [0, 2], {0: "#0 · a"}, current=2).to_dict()
+    chart = IV.rank_chart(t, [0, 2], {0: "#0 · a"}, current=2).to_dict()
     assert "layer" in chart
 
 
@@ -82,17 +83,17 @@ def test_filter_scale_over_time_shows_growth():
     assert lo.tolist() == [0.0] and hi.tolist() == [4.0]
     np.testing.assert_allclose(I.filter_rgb(k0, lo, hi)[0, 0, 0], [0.0, 0.25, 0.5])
     np.testing.assert_allclose(I.filter_rgb(2 * k0, lo, hi)[0, 0, 0], [0.0, 0.5, 1.0])
-    ev = I.filter_evolution([(0, k0), (5, 2 * k0)], [0], tile_px=8, scale="over_time")
-    same = I.filter_evolution([(0, k0), (5, 2 * k0)], [0], tile_px=8, scale="filter")
+    ev = IV.filter_evolution([(0, k0), (5, 2 * k0)], [0], tile_px=8, scale="over_time")
+    same = IV.filter_evolution([(0, k0), (5, 2 * k0)], [0], tile_px=8, scale="filter")
     assert ev.dtype == np.uint8 and ev.shape == same.shape and not np.array_equal(ev, same)
 
 
 def test_filter_grid_and_nan():
     k = np.random.default_rng(0).normal(size=(3, 3, 3, 5))
     k[0, 0, 0, 4] = np.nan
-    g = I.filter_grid(k, tile_px=12, cols=5)
+    g = IV.filter_grid(k, tile_px=12, cols=5)
     assert g.dtype == np.uint8 and g.ndim == 3 and g.shape[2] == 3
-    rgb = I.to_uint8(I.filter_rgb(k))
+    rgb = IV.to_uint8(I.filter_rgb(k))
     assert tuple(rgb[4, 0, 0]) == (255, 0, 255)  # NaN weight drawn magenta
 
 
@@ -119,7 +120,7 @@ def test_probabilities_and_prediction_table():
 
 def test_probe_tiles_upscale():
     x = np.zeros((2, 24, 24, 1), np.uint8)
-    t = I.probe_tiles(x, px=96)
+    t = IV.probe_tiles(x, px=96)
     assert t.shape == (2, 96, 96, 3)
 
 

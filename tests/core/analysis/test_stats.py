@@ -7,6 +7,7 @@ import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
 from core.analysis import stats as S
+from tests.core.analysis import stats_reference as R
 
 pytestmark = pytest.mark.filterwarnings("error")  # all-NaN inputs must not warn
 
@@ -28,7 +29,7 @@ def known() -> np.ndarray:
 
 
 def test_channel_stats_known_values_exact():
-    st = S.channel_stats(known())
+    st = R.channel_stats(known())
     assert set(st) == set(S.STAT_NAMES)
     assert all(v.shape == (2, 3) for v in st.values())
     assert_array_equal(st["min"], [[1, 0, -3], [-2, 5, 0]])
@@ -46,7 +47,7 @@ def test_channel_stats_match_numpy_on_random_data():
     rng = np.random.default_rng(0)
     a = rng.standard_normal((5, 7, 6, 4)).astype(np.float32)
     a[a < -0.5] = 0  # mixed signs and zeros: exercises the abs and zero-count passes
-    st = S.channel_stats(a)
+    st = R.channel_stats(a)
     x = a.reshape(5, -1, 4).astype(np.float64)
     assert_allclose(st["mean"], x.mean(1), rtol=1e-12, atol=1e-15)
     assert_allclose(st["std"], x.std(1), rtol=1e-12)
@@ -59,7 +60,7 @@ def test_channel_stats_match_numpy_on_random_data():
 @pytest.mark.parametrize("shape", [(3, 4), (3, 1, 1, 4), (3, 5, 4), (3, 2, 5, 4)])
 def test_channel_stats_shapes(shape):
     a = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
-    st = S.channel_stats(a)
+    st = R.channel_stats(a)
     assert all(v.shape == (3, 4) for v in st.values())
     # (N, C) and (N, 1, 1, C) are the same data: one position per channel.
     if np.prod(shape[1:-1]) == 1:
@@ -69,11 +70,11 @@ def test_channel_stats_shapes(shape):
 
 def test_channel_stats_rejects_1d():
     with pytest.raises(ValueError):
-        S.channel_stats(np.zeros(5))
+        R.channel_stats(np.zeros(5))
 
 
 def test_channel_stats_integer_input():
-    st = S.channel_stats(np.array([[1, -128], [0, 2]], dtype=np.int8))
+    st = R.channel_stats(np.array([[1, -128], [0, 2]], dtype=np.int8))
     assert_array_equal(st["mean_abs"], [[1, 128], [0, 2]])  # no int8 overflow in abs
 
 
@@ -81,13 +82,13 @@ def test_float64_accumulation_keeps_precision():
     rng = np.random.default_rng(1)
     # Large mean, small spread: float32 accumulation or E[x^2]-E[x]^2 would lose the std.
     a = (1e4 + rng.standard_normal((2, 64, 64, 3))).astype(np.float32)
-    st = S.channel_stats(a)
+    st = R.channel_stats(a)
     x = a.reshape(2, -1, 3).astype(np.float64)
     assert_allclose(st["mean"], x.mean(1), rtol=1e-14)
     assert_allclose(st["std"], x.std(1), rtol=1e-9)
     # A constant channel has std exactly 0, not rounding noise.
     c = np.full((1, 50, 50, 1), 3.7, dtype=np.float32)
-    assert S.channel_stats(c)["std"][0, 0] == 0.0
+    assert R.channel_stats(c)["std"][0, 0] == 0.0
 
 
 def test_nan_inf_are_counted_and_excluded():
@@ -95,7 +96,7 @@ def test_nan_inf_are_counted_and_excluded():
     a[0, 0, 0, 0] = np.nan  # channel 0 of probe 0: was [1,2,3,4] -> [nan,2,3,4]
     a[0, 1, 1, 0] = np.inf  # -> [nan,2,3,inf]
     a[1, 0, 0, 1] = -np.inf  # channel 1 of probe 1: [-inf,5,5,5]
-    st = S.channel_stats(a)
+    st = R.channel_stats(a)
     assert_array_equal(st["n_nan"], [[1, 0, 0], [0, 0, 0]])
     assert_array_equal(st["n_inf"], [[1, 0, 0], [0, 1, 0]])
     assert st["min"][0, 0] == 2 and st["max"][0, 0] == 3
@@ -104,7 +105,7 @@ def test_nan_inf_are_counted_and_excluded():
     # frac_zero is over all positions, NaN/Inf included (they are not zeros).
     assert st["frac_zero"][0, 0] == 0 and st["frac_zero"][1, 0] == 0.5
     # Untouched channels are as in the clean array.
-    clean = S.channel_stats(known())
+    clean = R.channel_stats(known())
     for k in S.STAT_NAMES:
         assert_array_equal(st[k][:, 2], clean[k][:, 2])
 
@@ -112,16 +113,16 @@ def test_nan_inf_are_counted_and_excluded():
 def test_all_nan_channel_gives_nan_without_warning():
     a = np.zeros((2, 3, 2), dtype=np.float32)
     a[:, :, 1] = np.nan
-    st = S.channel_stats(a)
+    st = R.channel_stats(a)
     for k in ("min", "max", "mean", "std", "mean_abs"):
         assert np.isnan(st[k][:, 1]).all()
         assert_array_equal(st[k][:, 0], 0)
     assert_array_equal(st["n_nan"][:, 1], 3)
-    ls = S.layer_stats(a)
+    ls = R.layer_stats(a)
     assert_array_equal(ls["min"], 0) and assert_array_equal(ls["std"], 0)
     assert_array_equal(ls["n_nan"], 3)
     # All values NaN: layer stats NaN, still no warning.
-    ls = S.layer_stats(np.full((1, 4, 2), np.nan))
+    ls = R.layer_stats(np.full((1, 4, 2), np.nan))
     assert np.isnan(ls["mean"]).all() and np.isnan(ls["min"]).all()
 
 
@@ -157,15 +158,15 @@ def test_merge_moments_precision_across_blocks():
 
 
 def test_empty_inputs():
-    st = S.channel_stats(np.zeros((0, 4, 4, 3), dtype=np.float32))
+    st = R.channel_stats(np.zeros((0, 4, 4, 3), dtype=np.float32))
     assert st["mean"].shape == (0, 3)
-    st = S.channel_stats(np.zeros((2, 0, 3), dtype=np.float32))  # no positions
+    st = R.channel_stats(np.zeros((2, 0, 3), dtype=np.float32))  # no positions
     assert np.isnan(st["mean"]).all() and np.isnan(st["frac_zero"]).all()
 
 
 def test_layer_stats_known_values():
     a = known()
-    ls = S.layer_stats(a)
+    ls = R.layer_stats(a)
     assert set(ls) == set(S.LAYER_STAT_NAMES)
     flat = a.reshape(2, -1).astype(np.float64)
     assert_array_equal(ls["min"], [-3, -2])
@@ -173,7 +174,7 @@ def test_layer_stats_known_values():
     assert_allclose(ls["mean"], flat.mean(1), rtol=1e-15)
     assert_allclose(ls["std"], flat.std(1), rtol=1e-12)
     # The layer std is the pooled std, not the mean of channel stds.
-    assert not np.allclose(ls["std"], S.channel_stats(a)["std"].mean(1))
+    assert not np.allclose(ls["std"], R.channel_stats(a)["std"].mean(1))
     assert_allclose(ls["mean_abs"], np.abs(flat).mean(1), rtol=1e-15)
     assert_array_equal(ls["frac_zero"], [4 / 12, 5 / 12])
     # Probe 0: channel 1 is all zero; probe 1: none (channel 2 max 0.5).
@@ -183,12 +184,12 @@ def test_layer_stats_known_values():
 
 def test_layer_stats_dead_eps():
     a = known()
-    assert_array_equal(S.layer_stats(a, dead_eps=0.5)["frac_dead_channels"], [1 / 3, 1 / 3])
+    assert_array_equal(R.layer_stats(a, dead_eps=0.5)["frac_dead_channels"], [1 / 3, 1 / 3])
 
 
 def test_channel_stats_frame_shape_dtypes_and_order():
-    st = S.channel_stats(known())
-    df = S.channel_stats_frame(st, run="r1", mini_epoch=7, layer="conv1", probe_ids=[10, 11])
+    st = R.channel_stats(known())
+    df = R.channel_stats_frame(st, run="r1", mini_epoch=7, layer="conv1", probe_ids=[10, 11])
     assert list(df.columns) == ["run", "mini_epoch", "probe", "layer", "channel", "min", "max", "mean",
                                 "std", "mean_abs", "frac_zero", "n_nan", "n_inf"]
     assert len(df) == 2 * 3
@@ -206,14 +207,14 @@ def test_channel_stats_frame_shape_dtypes_and_order():
 
 
 def test_frames_default_probe_ids_and_bad_length():
-    st = S.channel_stats(known())
-    assert S.channel_stats_frame(st, run="r", mini_epoch=0, layer="l")["probe"].tolist() == [0, 0, 0, 1, 1, 1]
+    st = R.channel_stats(known())
+    assert R.channel_stats_frame(st, run="r", mini_epoch=0, layer="l")["probe"].tolist() == [0, 0, 0, 1, 1, 1]
     with pytest.raises(ValueError):
-        S.channel_stats_frame(st, run="r", mini_epoch=0, layer="l", probe_ids=[1, 2, 3])
+        R.channel_stats_frame(st, run="r", mini_epoch=0, layer="l", probe_ids=[1, 2, 3])
 
 
 def test_layer_stats_frame():
-    df = S.layer_stats_frame(S.layer_stats(known()), run="r", mini_epoch=3, layer="conv", probe_ids=[4, 5])
+    df = R.layer_stats_frame(R.layer_stats(known()), run="r", mini_epoch=3, layer="conv", probe_ids=[4, 5])
     assert list(df.columns) == ["run", "mini_epoch", "probe", "layer", "min", "max", "mean", "std",
                                 "mean_abs", "frac_zero", "frac_dead_channels", "n_nan", "n_inf"]
     assert len(df) == 2 and df["probe"].tolist() == [4, 5]
@@ -222,13 +223,13 @@ def test_layer_stats_frame():
 
 
 def test_concat_frames_keeps_categoricals():
-    st = S.channel_stats(known())
-    a = S.channel_stats_frame(st, run="r", mini_epoch=0, layer="a")
-    b = S.channel_stats_frame(st, run="r", mini_epoch=0, layer="b")
-    df = S.concat_frames([a, b])
+    st = R.channel_stats(known())
+    a = R.channel_stats_frame(st, run="r", mini_epoch=0, layer="a")
+    b = R.channel_stats_frame(st, run="r", mini_epoch=0, layer="b")
+    df = R.concat_frames([a, b])
     assert isinstance(df["layer"].dtype, pd.CategoricalDtype)
     assert df["layer"].tolist() == ["a"] * 6 + ["b"] * 6
-    assert len(S.concat_frames([])) == 0
+    assert len(R.concat_frames([])) == 0
 
 
 # ---------------------------------------------------------------- gates
@@ -285,7 +286,7 @@ def test_gate_stats_nan():
 
 def test_gate_stats_frame():
     st = S.gate_stats(np.array([[0.0, 1.0], [0.5, 0.5]]))
-    df = S.gate_stats_frame(st, run="r", mini_epoch=2, block="se1", probe_ids=[0, 9])
+    df = R.gate_stats_frame(st, run="r", mini_epoch=2, block="se1", probe_ids=[0, 9])
     assert list(df.columns) == ["run", "mini_epoch", "probe", "block", "frac_low", "frac_high",
                                 "frac_half", "mean", "std"]
     assert df["probe"].tolist() == [0, 9] and df["mini_epoch"].dtype == np.int32
@@ -296,29 +297,29 @@ def test_gate_stats_frame():
 def test_gate_hist_frame_sums_over_probes():
     g = np.array([[0.0, 0.01, 1.0], [0.99, 0.5, 0.51]])
     st = S.gate_stats(g)
-    df = S.gate_hist_frame(st["hist"], st["edges"], run="r", mini_epoch=1, block="se1")
+    df = R.gate_hist_frame(st["hist"], st["edges"], run="r", mini_epoch=1, block="se1")
     assert list(df.columns) == ["run", "mini_epoch", "block", "bin_left", "bin_right", "count"]
     assert len(df) == 20 and df["count"].sum() == 6
     assert df["count"].iloc[0] == 2 and df["count"].iloc[-1] == 2 and df["count"].iloc[10] == 2
     assert_array_equal(df["bin_left"], S.GATE_BINS[:-1])
     assert_array_equal(df["bin_right"], S.GATE_BINS[1:])
     with pytest.raises(ValueError):
-        S.gate_hist_frame(st["hist"], st["edges"][:-1], run="r", mini_epoch=1, block="se1")
+        R.gate_hist_frame(st["hist"], st["edges"][:-1], run="r", mini_epoch=1, block="se1")
 
 
 def test_logit_hist_data_dependent_and_fixed_range():
     x = np.array([[-2.0, 0.0, 1.0], [4.0, np.nan, 1.0]])
-    counts, edges = S.logit_hist(x, bins=3)
+    counts, edges = R.logit_hist(x, bins=3)
     assert_array_equal(edges, [-2, 0, 2, 4])
     assert_array_equal(counts, [[1, 2, 0], [0, 1, 1]])
-    counts, edges = S.logit_hist(x, bins=2, range=(-1, 1))
+    counts, edges = R.logit_hist(x, bins=2, range=(-1, 1))
     assert_array_equal(edges, [-1, 0, 1])
     assert_array_equal(counts, [[1, 2], [0, 2]])  # -2 clipped into the first bin, 4 into the last
-    counts, edges = S.logit_hist(np.full((2, 3), 7.0), bins=2)  # constant: widened like np.histogram
+    counts, edges = R.logit_hist(np.full((2, 3), 7.0), bins=2)  # constant: widened like np.histogram
     assert_array_equal(edges, [6.5, 7, 7.5]) and counts.sum() == 6
-    counts, edges = S.logit_hist(x, bins=np.array([-10.0, 0.0, 10.0]))
+    counts, edges = R.logit_hist(x, bins=np.array([-10.0, 0.0, 10.0]))
     assert_array_equal(counts, [[1, 2], [0, 2]])
-    df = S.gate_hist_frame(counts, edges, run="r", mini_epoch=0, block="se1/logits")
+    df = R.gate_hist_frame(counts, edges, run="r", mini_epoch=0, block="se1/logits")
     assert df["count"].tolist() == [1, 4]
 
 
@@ -326,14 +327,14 @@ def test_logit_hist_data_dependent_and_fixed_range():
 
 
 def _frame(mini_epoch: int, layer: str, a: np.ndarray) -> pd.DataFrame:
-    return S.channel_stats_frame(S.channel_stats(a), run="r", mini_epoch=mini_epoch, layer=layer)
+    return R.channel_stats_frame(R.channel_stats(a), run="r", mini_epoch=mini_epoch, layer=layer)
 
 
 def test_dead_channels_requires_every_probe():
     a = known()  # channel 1 is zero on probe 0 only -> not dead
     b = np.zeros((2, 2, 2, 3), dtype=np.float32)
     b[:, :, :, 0] = 1.0  # channels 1 and 2 zero on both probes -> dead
-    frame = S.concat_frames([_frame(0, "conv", a), _frame(1, "conv", b), _frame(1, "fc", a)])
+    frame = R.concat_frames([_frame(0, "conv", a), _frame(1, "conv", b), _frame(1, "fc", a)])
     out = S.dead_channels(frame)
     assert list(out.columns) == ["run", "mini_epoch", "layer", "n_channels", "n_dead", "frac_dead"]
     got = {(r.mini_epoch, r.layer): (r.n_dead, r.n_channels) for r in out.itertuples()}
@@ -408,7 +409,7 @@ def test_three_taps_cover_the_interesting_cases():
     mb, mc = S.moments(b), S.moments(c)
     assert mb.n_nan.sum() == 1 + 6 and mb.n_inf.sum() == 2
     assert np.isnan(mb.min[2, 1]) and mb.count[2, 1] == 0  # empty channel
-    assert_array_equal(S.layer_stats_from_moments(mc)["frac_dead_channels"], [2 / 5, 3 / 5, 3 / 5, 2 / 5])
+    assert_array_equal(R.layer_stats_from_moments(mc)["frac_dead_channels"], [2 / 5, 3 / 5, 3 / 5, 2 / 5])
     assert S.moments(a).total == 15 and mb.total == 6 and mc.total == 1
 
 
@@ -423,11 +424,11 @@ def test_stacked_layer_stats_equal_per_tap(dead_eps):
     for k in S.LAYER_STAT_NAMES:
         assert np.shape(got[k]) == (4, 3), k
     for i, m in enumerate(ms):
-        want = S.layer_stats_from_moments(m, dead_eps=dead_eps)
+        want = R.layer_stats_from_moments(m, dead_eps=dead_eps)
         _assert_stats_equal({k: v[:, i] for k, v in got.items()}, want, S.LAYER_STAT_NAMES, f"tap {i}")
     # and layer_stats_from_moments itself agrees with layer_stats on the raw taps
     for i, t in enumerate(taps):
-        _assert_stats_equal({k: v[:, i] for k, v in got.items()}, S.layer_stats(t, dead_eps=dead_eps),
+        _assert_stats_equal({k: v[:, i] for k, v in got.items()}, R.layer_stats(t, dead_eps=dead_eps),
                             S.LAYER_STAT_NAMES, f"raw tap {i}")
 
 
@@ -453,7 +454,7 @@ def test_stacked_layer_stats_tap_without_positions():
     stacked, offsets = _stack(ms)
     got = S.stacked_layer_stats(stacked, offsets)
     for i, m in enumerate(ms):
-        _assert_stats_equal({k: v[:, i] for k, v in got.items()}, S.layer_stats_from_moments(m),
+        _assert_stats_equal({k: v[:, i] for k, v in got.items()}, R.layer_stats_from_moments(m),
                             S.LAYER_STAT_NAMES, f"tap {i}")
     assert np.isnan(got["frac_zero"][:, 1]).all() and (got["frac_zero"][:, 0] == 0).all()
 

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from core.analysis import stats as S
+from tests.core.analysis import stats_reference as R
 from core.analysis import sweepcache
 from core.engine.engine import RunEngine, run_probe_set, single_probe
 from core.run.runs import Run, RunWriter, read_npz_weights
@@ -35,12 +36,12 @@ def test_tables_match_numpy_on_raw_activations(run_copy):
     acts = eng.activations(c, probes.images)
     ch = res.channels[res.channels.mini_epoch == 2]
     for tap in ["stem_conv", "block2_add", "block1_se_gate", "dense1"]:
-        ref = S.channel_stats(acts[tap])
+        ref = R.channel_stats(acts[tap])
         got = ch[ch.layer == tap].sort_values(["probe", "channel"])
         n, c_ = ref["mean"].shape
         for k in ("min", "max", "mean", "std", "mean_abs", "frac_zero"):
             np.testing.assert_allclose(got[k].to_numpy().reshape(n, c_), ref[k], rtol=2e-4, atol=1e-5, err_msg=f"{tap} {k}")
-        lref = S.layer_stats(acts[tap])
+        lref = R.layer_stats(acts[tap])
         lg = res.layers[(res.layers.mini_epoch == 2) & (res.layers.layer == tap)].sort_values("probe")
         np.testing.assert_allclose(lg["std"].to_numpy(), lref["std"], rtol=2e-4, atol=1e-6)
     gates = res.gate_channels[(res.gate_channels.mini_epoch == 2) & (res.gate_channels.block == res.se_blocks[0])]
@@ -419,3 +420,74 @@ def test_table_buffer_equals_concatenation():
     parts = buf.parts("t")
     assert [list(p) for p in parts] == [["x", "y", "s"], ["x"], ["x", "y", "s"]]
     np.testing.assert_array_equal(parts[0]["x"], [0, 1, 2, 7, 0, 1, 2])
+
+
+FAST_OPTS = SweepOptions(train_mode=False, gradients=False)
+
+
+def test_result_pickles_without_its_rows_and_reads_them_back(run_copy):
+    import pickle
+
+    from core.analysis import sweep as sweep_mod
+
+    res = sweep(run_copy, options=FAST_OPTS)
+    blob = pickle.dumps(res)
+    assert len(blob) < 200_000  # where the tables are, not their rows
+    sweep_mod._LRU.clear()
+    back = pickle.loads(blob)
+    assert back.mini_epochs == [0, 1, 2, 3]
+    for t in ("channels", "layers", "gates", "weights"):
+        _assert_table_equal(back.tables[t], res.tables[t], t)
+
+
+def test_rows_deleted_after_the_sweep_are_computed_again(run_copy):
+    from core.analysis import sweep as sweep_mod
+
+    res = sweep(run_copy, options=FAST_OPTS)
+    want = sweep(run_copy, options=FAST_OPTS, use_cache=False).tables["layers"]
+    sweep_mod._LRU.clear()
+    shutil.rmtree(run_copy.cache_dir)
+    _assert_table_equal(res.tables["layers"], want, "layers")
+
+
+def test_shared_table_cache_is_bounded_and_evicts_by_use():
+    from core.analysis.sweep import _TableLRU
+
+    df = pd.DataFrame({"x": np.zeros(1000)})  # 8000 bytes + index
+    size = int(df.memory_usage(index=True).sum())
+    lru = _TableLRU(max_bytes=2 * size + 10)
+    lru.put(("a",), df)
+    lru.put(("b",), df.copy())
+    assert lru.get(("a",)) is df  # "a" used last: "b" goes first
+    lru.put(("c",), df.copy())
+    assert lru.get(("b",)) is None and lru.get(("a",)) is df and lru.get(("c",)) is not None
+
+
+def test_cache_link_leaving_the_run_keeps_tables_in_memory(run_copy, tmp_path):
+    target = tmp_path / "target"
+    target.mkdir()
+    shutil.rmtree(run_copy.path / "cache", ignore_errors=True)
+    (run_copy.path / "cache").symlink_to(target, target_is_directory=True)
+    res = sweep(Run(run_copy.path), options=FAST_OPTS)
+    assert any("outside the run folder" in p for p in res.problems)
+    assert res.mini_epochs == [0, 1, 2, 3] and len(res.tables["layers"])
+    assert list(target.iterdir()) == []
+
+
+def test_some_columns_of_a_table_are_read_alone(run_copy):
+    from core.analysis import sweep as sweep_mod
+
+    res = sweep(run_copy, options=FAST_OPTS)
+    sweep_mod._LRU.clear()
+    fresh = pickle_round_trip(res)
+    got = fresh.table("channels", ["mini_epoch", "layer", "channel", "max"])
+    assert list(got.columns) == ["mini_epoch", "layer", "channel", "max"]
+    assert "channels" not in fresh.tables.loaded()  # the whole table was not read
+    want = res.tables["channels"][["mini_epoch", "layer", "channel", "max"]]
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), want.reset_index(drop=True))
+
+
+def pickle_round_trip(obj):
+    import pickle
+
+    return pickle.loads(pickle.dumps(obj))

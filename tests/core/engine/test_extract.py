@@ -9,7 +9,8 @@ import pytest
 import tensorflow as tf
 from keras import layers
 
-from core.engine.extract import Extractor, WeightValues, activations, default_taps, list_tappable
+from core.engine.extract import Extractor, WeightValues, activations
+from core.engine.taps import default_taps, list_tappable
 from core.training.models import ArchConfig, build_seed_net
 from core.engine.se import find_se_blocks, per_channel
 
@@ -84,6 +85,8 @@ def test_run_matches_predict_of_a_submodel(net: keras.Model, extractor: Extracto
 
 def test_no_retracing_across_checkpoints_and_batch_sizes(net: keras.Model, probes: np.ndarray) -> None:
     ex = Extractor(net, ["block2_act1", "classifier"])
+    assert ex.trace_count == 0  # traced on first use (a sweep never uses ``run``) or by ``prepare``
+    ex.prepare()
     assert ex.trace_count == 1
     results = []
     for seed in (1, 2):
@@ -258,7 +261,7 @@ def test_gradients_per_variable_match_gradient_tape(net: keras.Model, extractor:
 def test_reduced_statistics_equal_numpy_on_large_small_and_one_value_taps() -> None:
     """In-graph statistics (matrix-product sums, pooled min/max above LARGE_TAP) against float64 numpy."""
     from core.analysis import stats as S
-    from core.engine.extract import LARGE_TAP, REDUCED_KEYS
+    from core.engine.reductions import LARGE_TAP, REDUCED_KEYS
 
     inp = keras.Input((48, 48, 3))
     wide = layers.Conv2D(24, 3, padding="same", name="wide", bias_initializer=keras.initializers.Constant(20.0))(inp)

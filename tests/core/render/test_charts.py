@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from numpy.testing import assert_allclose
 
+from core.analysis.axes import x_map
 from core.render import charts as C
 
 
@@ -67,11 +68,11 @@ def assert_hover(chart) -> dict:
 
 
 def test_x_map_from_history_and_fallback():
-    m = C.x_map(history(), [0, 1, 2, 3, 4], mini_epoch_images=100)
+    m = x_map(history(), [0, 1, 2, 3, 4], mini_epoch_images=100)
     assert m["images_seen"].tolist() == [0.0, 100.0, 200.0, 300.0, 400.0]
-    m = C.x_map(None, [0, 2], mini_epoch_images=50)
+    m = x_map(None, [0, 2], mini_epoch_images=50)
     assert m["images_seen"].tolist() == [0.0, 100.0]
-    m = C.x_map(history(), [0, 5])
+    m = x_map(history(), [0, 5])
     assert m["images_seen"].iloc[0] == 0.0 and math.isnan(m["images_seen"].iloc[1])
 
 
@@ -191,3 +192,128 @@ def test_lines_by_many_series_colours_by_depth_without_legend():
     assert enc["legend"] is None and enc["scale"]["domain"] == list(reversed(names))
     few = tooltips(C.lines_by(d[d["layer"].isin(names[:3])], "v", "layer").to_dict())[0]["color"]
     assert few.get("legend") is not None
+
+
+def _x_axes(spec, out=None) -> list[dict]:
+    """Every quantitative mini_epoch x encoding in a Vega-Lite spec (any nesting)."""
+    out = [] if out is None else out
+    if isinstance(spec, dict):
+        x = spec.get("encoding", {}).get("x") if isinstance(spec.get("encoding"), dict) else None
+        if isinstance(x, dict) and x.get("field") == "mini_epoch" and x.get("type") == "quantitative":
+            out.append(x)
+        for v in spec.values():
+            _x_axes(v, out)
+    elif isinstance(spec, list):
+        for v in spec:
+            _x_axes(v, out)
+    return out
+
+
+def test_mini_epoch_axes_step_by_whole_numbers():
+    """Issue 17.4: Inspector, Compare and the other charts over training label mini-epochs 0, 1, 2, never 0.5."""
+    from core.render import compare_charts as CC
+    from core.render import inspector_views as IV
+
+    runs = pd.DataFrame({"run": ["a", "a", "b", "b"], "mini_epoch": [1, 2, 1, 2], "std": [1.0, 0.5, 1.0, 0.9],
+                         "loss": [2.0, 1.5, 2.1, 1.9], "block": ["s1"] * 4, "frac_low": [0.1] * 4,
+                         "frac_high": [0.2] * 4})
+    traj = pd.DataFrame({"probe": [0, 0, 1, 1], "mini_epoch": [1, 2, 1, 2], "rank": [1, 2, 2, 1],
+                         "value": [1.0, 0.5, 0.7, 0.9]})
+    charts = [C.training_curves(history()), C.loss_panel(history()), C.gate_fractions(gates_table()),
+              C.activation_dynamics(layers_table().assign(image="#0")),
+              CC.overlay_chart(runs, "std", ["a", "b"]), CC.loss_overlay(runs, ["a", "b"]),
+              CC.gate_saturation_chart(runs, ["a", "b"]), IV.rank_chart(traj, [0], current=2)]
+    for c in charts:
+        axes = _x_axes(c.to_dict())
+        assert axes, c.to_dict().get("title")
+        for x in axes:
+            assert x["axis"].get("tickMinStep") == 1 and x["axis"].get("format") == "d", x
+
+
+def test_labels_draw_the_middle_dot_not_a_question_mark():
+    """Issue 17.4: "#0 · me 0" on the Inspector's filters was drawn "#0 ? me 0" (glyphs were ASCII only)."""
+    from core.render import grids
+
+    dot, q = grids.text_mask("·", 11), grids.text_mask("?", 11)
+    assert dot.shape != q.shape or (dot != q).any()
+    assert dot.max() > 0
+
+
+def _encodings(spec, channel: str, out=None) -> list[dict]:
+    out = [] if out is None else out
+    if isinstance(spec, dict):
+        enc = spec.get("encoding")
+        if isinstance(enc, dict) and isinstance(enc.get(channel), dict):
+            out.append(enc[channel])
+        for v in spec.values():
+            _encodings(v, channel, out)
+    elif isinstance(spec, list):
+        for v in spec:
+            _encodings(v, channel, out)
+    return out
+
+
+def test_several_images_have_a_legend_of_dash_styles_and_the_image_in_the_tooltip():
+    """Issue 17.3: the "image" legend showed identical black dots (the lines' points), not the dash styles."""
+    lt = layers_table()
+    df = pd.concat([lt[lt["probe"] == p].assign(image=f"#{p}") for p in (0, 1)])
+    spec = C.activation_dynamics(df, history=history()).to_dict()
+    dashes = [e for e in _encodings(spec, "strokeDash") if e.get("field") == "image"]
+    assert dashes and all(e["legend"]["symbolType"] == "stroke" and e["legend"]["symbolStrokeColor"] for e in dashes)
+    assert all(len(e["scale"]["range"]) == 2 and e["scale"]["range"][0] != e["scale"]["range"][1] for e in dashes)
+    for tips in _encodings(spec, "tooltip"):
+        if any(t.get("field") == "stat" for t in tips):
+            assert any(t.get("field") == "image" for t in tips)
+    # the loss panel below: line swatches in the series' colours
+    loss = [e for e in _encodings(spec, "color") if e.get("field") == "series"]
+    assert loss and loss[0]["legend"]["symbolType"] == "stroke" and "symbolStrokeColor" not in loss[0]["legend"]
+
+
+def test_log_axes_keep_zeros():
+    """Issue 17.7: a log axis dropped zeros, so a dead squeeze path vanished until it came back to life."""
+    d = pd.DataFrame({"block": ["s1"] * 3 + ["s2"] * 3, "mini_epoch": [0, 1, 2] * 2,
+                      "v": [0.0, 0.0, 0.3, 1e-3, 1e-2, 1e-1]})
+    spec = C.lines_by(d, "v", "block", log=True).to_dict()
+    assert sorted(r["v"] for r in next(iter(spec["datasets"].values()))) == sorted(d["v"])
+    y = _encodings(spec, "y")[0]
+    assert y["scale"]["type"] == "symlog" and y["scale"]["constant"] == pytest.approx(1e-3)
+    assert C.log_scale(d["v"][d["v"] > 0]).to_dict() == {"type": "log"}
+
+
+def test_gate_fractions_tells_identical_lines_apart():
+    # Five SE blocks with the same "≈0.5" fraction at every checkpoint draw one visible line: each block
+    # gets its own dash and marker, and the panel's subtitle names the blocks that coincide.
+    rows = [{"mini_epoch": me, "probe": 0, "block": f"block{b}_se", "mean": 0.5, "std": 0.0, "frac_low": 0.0,
+             "frac_high": 0.0, "frac_half": 1.0 if b <= 5 else 0.2 * me} for me in (0, 1, 2) for b in range(1, 7)]
+    spec = C.gate_fractions(pd.DataFrame(rows)).to_dict()
+    half = spec["hconcat"][2]
+    assert half["encoding"]["strokeDash"]["field"] == "block"
+    assert half["encoding"]["shape"]["field"] == "block"
+    assert half["title"]["subtitle"] == ["same line: " + ", ".join(f"block{b}_se" for b in range(1, 6))]
+    assert C.coinciding_series(pd.DataFrame({"k": ["a", "b"], "x": [0, 0], "y": [1.0, 2.0]}), "k", "x", "y") == []
+
+
+def test_many_layer_charts_can_show_the_top_n_with_a_legend():
+    # Weights: ~40 layers are a tangle without a legend; the top N by last value fit one.
+    d = pd.DataFrame([{"layer": f"conv{i:02d}", "mini_epoch": me, "norm": float(i * (me + 1))}
+                      for i in range(40) for me in (0, 1, 2)])
+    assert C.lines_by(d, "norm", "layer").to_dict()["layer"][0]["encoding"]["color"]["legend"] is None
+    top = C.top_series(d, "layer", "norm", 5)
+    assert sorted(top["layer"].unique()) == [f"conv{i}" for i in range(35, 40)]
+    spec = C.lines_by(top, "norm", "layer", legend_orient="bottom", height=200).to_dict()
+    enc = spec["layer"][0]["encoding"]
+    assert enc["color"]["legend"]["orient"] == "bottom"  # a narrow column clips a right-hand legend
+    assert enc["y"]["axis"]["titleLimit"] == 200  # a long axis title stays inside the chart
+    assert C.top_series(d, "layer", "norm", 100) is d
+
+
+def test_compare_gate_chart_legends_sit_above_the_panels_uncut():
+    from core.render import compare_charts as CC
+
+    g = pd.DataFrame([{"run": r, "block": b, "mini_epoch": me, "frac_low": 0.1, "frac_high": 0.2}
+                      for r in ("a-run-with-a-rather-long-name-for-a-legend", "b") for b in ("b1", "b2", "b3", "b4")
+                      for me in (0, 1)])
+    enc = CC.gate_saturation_chart(g, sorted(g["run"].unique())).to_dict()["spec"]["encoding"]
+    for channel in ("color", "strokeDash"):
+        assert enc[channel]["legend"]["orient"] == "top"  # not right of a page-wide facet, where it clips
+        assert enc[channel]["legend"]["labelLimit"] == 0

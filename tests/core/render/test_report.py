@@ -54,13 +54,11 @@ def test_findings_table_keeps_the_severity_order():
     rep = R.RunReport("r", None, pd.DataFrame(), None, findings=(
         _F("nan_inf", "problem", ("conv1",), 2, "NaN in conv1", {"n": 3}),
         _F("gates_off", "warning", ("blk",), 1, "gates off"),
-        _F("bn_stat_mismatch", "info", ("bn",), 0, "BatchNorm warm-up")), diagnose_available=True)
+        _F("bn_stat_mismatch", "info", ("bn",), 0, "BatchNorm warm-up")))
     h = R.findings_html(rep)
     assert h.index("problem") < h.index("warning") < h.index(">info<")
     assert "3 findings: 1 problem, 1 warning, 1 info." in h and "n=3" in h
-    empty = R.RunReport("r", None, pd.DataFrame(), None, diagnose_available=True)
-    assert "No findings" in R.findings_html(empty)
-    assert "not available" in R.findings_html(R.RunReport("r", None, pd.DataFrame(), None))
+    assert "No findings" in R.findings_html(R.RunReport("r", None, pd.DataFrame(), None))
 
 
 @pytest.fixture(scope="module")
@@ -123,3 +121,24 @@ def test_report_renders_in_chromium(reports, tmp_path):
             browser.close()
     assert [u for u in requests if not u.startswith("file://")] == []
     assert all(s.stat().st_size > 10_000 for s in shots)
+
+
+def test_scale_table_filmstrip_and_why_in_the_report():
+    import numpy as np
+
+    from core.analysis.diagnose import Advice, Finding, View
+    from core.analysis.trajectory import Filmstrip
+
+    scale = pd.DataFrame({"layer": ["a", "b"], "kind": ["conv", "conv"], "change": [12.0, 2.0],
+                          "direction": ["shrink", "growth"], "onset": [3, -1], "baseline_mini_epoch": [0, 0],
+                          "std_baseline": [1.0, 1.0], "std_last": [0.08, 2.0], "std_min": [0.08, 1.0],
+                          "min_mini_epoch": [5, 0]})
+    fs = Filmstrip("a", None, (0, 1), np.stack([np.eye(3), np.zeros((3, 3))]).astype(np.float32), 0.0, 1.0)
+    f = Finding("activation_collapse", "problem", ("a",), 3, "collapses.", {}, "a", View("dynamics", "a", "", 3),
+                Advice("weight decay", "less L2", "the kernel norm fell"))
+    rep = R.RunReport("r", None, pd.DataFrame(), None, findings=(f,), scale=scale, filmstrip=fs)
+    html = R.scale_html(rep) + R.filmstrip_html(rep) + R.findings_html(rep)
+    assert "12.0x smaller" in html and ">3<" in html and ">—<" in html
+    assert 'id="filmstrip"' in html and "data:image/png;base64," in html
+    assert "<summary>Why?</summary>" in html and "the kernel norm fell" in html
+    assert "Not enough judged" in R.scale_html(R.RunReport("r", None, pd.DataFrame(), None))

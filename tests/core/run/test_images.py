@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,11 +9,10 @@ from PIL import Image, ImageFile
 
 from core.run.images import ImageError, describe_image, load_probe_image
 from tests.badimages import bad_image_corpus, exif_rotated_jpeg, grey16_png
+from tests.conftest import BUILTIN_PHOTOS, PHOTO_NAMES
 
 CORPUS = bad_image_corpus()
 BY_NAME = {name: data for name, data, _ in CORPUS}
-PHOTOS = Path(__file__).resolve().parents[3].parent / "shared" / "testdata" / "photos"
-PHOTO_FILES = sorted(p for p in PHOTOS.glob("*") if p.suffix.lower() in {".png", ".jpg", ".jpeg"}) if PHOTOS.is_dir() else []
 
 
 def _png(a: np.ndarray) -> bytes:
@@ -208,9 +206,10 @@ def test_bad_arguments_raise_value_error():
         load_probe_image(BY_NAME["photo.jpg"], (10, 10), fit="stretch")  # type: ignore[arg-type]
 
 
-@pytest.mark.skipif(not PHOTO_FILES, reason=f"no test photos at {PHOTOS} (shared test data not present)")
-@pytest.mark.parametrize("path", PHOTO_FILES, ids=[p.name for p in PHOTO_FILES])
-def test_real_photos(path):
+@pytest.mark.parametrize("name", PHOTO_NAMES)
+def test_real_photos(name):
+    path = BUILTIN_PHOTOS / name
+    assert path.is_file(), f"built-in photo {path} is missing (it ships with the repository)"
     info = describe_image(path)
     assert info["width"] > 0 and info["height"] > 0
     for size in [(64, 64), (224, 224), (48, 80)]:

@@ -233,7 +233,7 @@ def test_legacy_run_reads_back_the_written_weights(legacy_h5, legacy_result) -> 
     run = Run(legacy_result[0].run)
     m = run.manifest
     assert m.input_shape == (8, 8, 3) and m.mini_epoch_images == 0
-    assert m.preprocessing == {"kind": "none"} and "unknown" in m.dataset["note"]
+    assert m.preprocessing == {"kind": "none", "source": "guess"} and "guess" in m.dataset["note"]
     assert m.training["trusted_code"] is False
     assert [c.mini_epoch for c in run.checkpoints()] == [1, 2, 3]
     assert {c.kind for c in run.checkpoints()} == {"h5-model"}
@@ -421,7 +421,8 @@ def test_existing_run_bad_name_and_empty_folder(legacy_h5, legacy_result, tmp_pa
         import_checkpoints(legacy_h5[0], tmp_path, "../escape")
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "final.keras").write_bytes(b"")
-    with pytest.raises(CheckpointImportError, match="no checkpoint files.*final.keras: no epoch number"):
+    # a lone file needs no number (it is mini-epoch 1): this one is refused for being empty
+    with pytest.raises(CheckpointImportError, match="final.keras: not a valid .keras archive"):
         import_checkpoints(tmp_path / "empty", tmp_path, "e")
     with pytest.raises(CheckpointImportError, match="class names"):
         import_checkpoints(legacy_h5[0], tmp_path, "c", class_names=["only-one"])
@@ -458,7 +459,7 @@ def test_cli_imports_and_reports(legacy_h5, tmp_path: Path, capsys: pytest.Captu
 
 
 def test_cli_user_errors(lambda_folder, tmp_path: Path) -> None:
-    from core.cli import UserError
+    from core.errors import UserError
 
     parser = _parser()
     args = parser.parse_args(["import", str(lambda_folder[0]), "--name", "x", "--runs-root", str(tmp_path)])

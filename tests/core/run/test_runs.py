@@ -97,7 +97,7 @@ def test_empty_checkpoint_ignored(tmp_path):
     ('{"format": "something-else"}', "not a run manifest"),
     ('{"format": "activation-dynamics-run", "format_version": 99, "input": {}}', "newer than this app"),
     ('{"format": "activation-dynamics-run", "format_version": 1}', "lacks the field 'input'"),
-    ('{"format": "activation-dynamics-run", "format_version": 1, "input": {"height": "x"}}', "integer height"),
+    ('{"format": "activation-dynamics-run", "format_version": 1, "input": {"height": "x"}}', "'input.height' must be an integer"),
 ])
 def test_bad_manifest_messages(tmp_path, content, fragment):
     d = tmp_path / "bad"

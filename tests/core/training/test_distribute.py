@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from core.training import recorder
-from core.training.recorder import RunRecorder, chief_task, is_chief, is_multi_worker
+from core.training.distribute import chief_task, is_chief, is_multi_worker
+from core.training.recorder import RunRecorder
 
 REPO = Path(__file__).resolve().parents[3]
 

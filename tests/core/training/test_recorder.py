@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from keras import layers
 
-from core.training.recorder import RunRecorder, _Segment
+from core.training.recorder import RunRecorder
+from core.training.segments import Segment
 from core.run.runs import Run, RunError
 
 N, BATCH, MINI = 200, 16, 50  # 12 full batches + one of 8 per epoch; 50 is no multiple of 16
@@ -101,7 +102,7 @@ def test_checkpoints_follow_training_and_resume_continues(tmp_path):
 
 
 def test_segment_means_are_per_image_and_span_epochs():
-    seg = _Segment()
+    seg = Segment()
     # Epoch 1: batches of 4, 4, 2 images with losses 1, 2, 4 -> running means as Keras reports them.
     seg.new_epoch()
     seg.update(4, {"loss": 1.0})

@@ -51,7 +51,8 @@ def test_train_writes_checkpoints_history_and_status(tmp_path):
         run.load_weights_into(model, c.mini_epoch)
     assert not np.allclose(run.read_weights(0)["classifier/kernel"], run.read_weights(2)["classifier/kernel"])
     assert _iterations(run, 2) == 2 * STEPS
-    assert [p.name for p in (run.path / "resume").iterdir()] == ["opt_000002.npz"]
+    # the last optimizer state, and the options kept for `python -m core repair`
+    assert sorted(p.name for p in (run.path / "resume").iterdir()) == ["opt_000002.npz", "train_config.json"]
     status = read_status(run.path)
     assert status["state"] == "done" and status["images_done"] == status["images_total"] == 2 * 48
     with pytest.raises(RunError, match="already exists"):
@@ -120,6 +121,40 @@ def test_sigterm_stops_after_the_current_batch(tmp_path):
     run = train(cfg, run.path, resume=True)
     _check_consistent(run, 3, STEPS * CFG.batch_size)
     assert _iterations(run, 3) == 3 * STEPS
+
+
+class _CancelDuring(keras.callbacks.Callback):
+    """Sends SIGTERM while global batch ``at`` runs (as a Cancel click does) and records, at that batch's
+    end, the images the trainer has seen and the status the page would read then."""
+
+    def __init__(self, at_batch: int, run_dir):
+        super().__init__()
+        self.at, self.seen, self.run_dir, self.status_then = at_batch, 0, run_dir, None
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.seen += 1
+        if self.seen == self.at:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.seen == self.at:
+            self.status_then = read_status(self.run_dir)
+
+
+def test_cancel_ends_within_the_current_batch_and_says_so_at_once(tmp_path):
+    # Cancel during batch 2 of mini-epoch 2 of 20: the run ends after that batch (images seen, not
+    # seconds), and the status file says "stopping" with that count before the run ends, so the
+    # Train page never shows an older mini-epoch than the one training really stops in.
+    cfg = dataclasses.replace(CFG, mini_epochs=20)
+    at = STEPS + 2
+    probe = _CancelDuring(at, tmp_path / "r")
+    run = train(cfg, tmp_path / "r", handle_signals=True, callbacks=[probe])
+    assert probe.status_then["state"] == "stopping"
+    assert probe.status_then["images_done"] == at * CFG.batch_size
+    final = read_status(run.path)
+    assert final["state"] == "cancelled"
+    assert final["images_done"] == at * CFG.batch_size  # not one batch more
+    assert [c.mini_epoch for c in run.checkpoints()] == [0, 1]  # no checkpoint after the cancel
 
 
 def test_cli_train_and_resume(tmp_path, capsys):

@@ -1,0 +1,72 @@
+"""The channel grid page's grid as one pure function of the maps, their summary and the page's settings."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from core.render import grids
+from core.render.grids import Mode, SortKey
+
+
+@dataclass(frozen=True)
+class GridSettings:
+    """How the grid is drawn (hashable: it is part of cache keys)."""
+
+    mode: Mode = "layer"
+    cmap: str = "viridis"
+    fixed: tuple[float, float] | None = None  # the colour range of ``mode="fixed"``
+    sort: SortKey = "index"
+    page: int = 0
+    per_page: int = 64
+    tile_px: int = 96
+    alpha: float = 0.0  # weight of the probe image under the tiles
+    selected: int | None = None  # the channel outlined as selected
+
+
+@dataclass(frozen=True)
+class GridView:
+    """The drawn grid: its HTML, the per-channel colour range (lo, hi) and its colour bar's arguments."""
+
+    html: str
+    lo: np.ndarray
+    hi: np.ndarray
+    bar: tuple  # ``colorbar_html(cmap, lo, hi, low_text, high_text)`` arguments (no caption)
+
+
+def grid_scales(summary: dict[str, np.ndarray], s: GridSettings) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel colour range (lo, hi) of the grid with settings ``s``, (C,) each."""
+    return grids.value_ranges(summary, s.mode, s.fixed, s.cmap in grids.DIVERGING)
+
+
+def bar_args(s: GridSettings, lo: np.ndarray, hi: np.ndarray) -> tuple:
+    """``colorbar_html`` arguments of the grid's colour bar (without the caption)."""
+    if s.mode == "channel":
+        diverging = s.cmap in grids.DIVERGING
+        return (s.cmap, None, None, "-max|x|" if diverging else "channel min",
+                "+max|x|" if diverging else "channel max")
+    return (s.cmap, float(lo[0]) if len(lo) else None, float(hi[0]) if len(hi) else None, None, None)
+
+
+def grid_html(maps: np.ndarray, summary: dict[str, np.ndarray] | None, s: GridSettings,
+              base_uri: str | None = None) -> str:
+    """The grid's HTML (``grids.grid_html``) with settings ``s``; ``base_uri``: the probe image under the tiles."""
+    return grids.grid_html(maps, mode=s.mode, cmap=s.cmap, fixed=s.fixed, sort=s.sort, page=s.page,
+                           per_page=s.per_page, tile_px=s.tile_px, base_uri=base_uri, alpha=s.alpha,
+                           selected=s.selected, summary=summary).html
+
+
+def grid_view(maps: np.ndarray, summary: dict[str, np.ndarray] | None, settings: GridSettings,
+              base_uri: str | None = None) -> GridView:
+    """The grid of ``maps`` (C, H, W) as the page shows it: HTML, colour ranges and colour bar."""
+    summary = grids.channel_summary(maps) if summary is None else summary
+    lo, hi = grid_scales(summary, settings)
+    return GridView(grid_html(maps, summary, settings, base_uri), lo, hi, bar_args(settings, lo, hi))
+
+
+def grid_image(maps: np.ndarray, summary: dict[str, np.ndarray] | None, s: GridSettings,
+               base: np.ndarray | None = None) -> grids.GridImage:
+    """The labelled grid as one uint8 RGB image (``grids.grid_image``) with settings ``s``."""
+    return grids.grid_image(maps, mode=s.mode, cmap=s.cmap, fixed=s.fixed, sort=s.sort, page=s.page,
+                            per_page=s.per_page, tile_px=s.tile_px, base=base, alpha=s.alpha,
+                            selected=s.selected, summary=summary)

@@ -1,0 +1,38 @@
+"""Weights page (AppTest): a layer filter and a top-N choice, so a many-layer chart can have a legend."""
+from __future__ import annotations
+
+import json
+
+from tests.pages.conftest import open_app, run_ok
+
+
+def _chart(at):
+    return (at.get("vega_lite_chart") or at.get("arrow_vega_lite_chart"))[0]
+
+
+def _norm_chart(at) -> dict:
+    return json.loads(_chart(at).proto.spec)
+
+
+def _layers_drawn(at) -> set[str]:
+    import pyarrow as pa
+
+    proto = _chart(at).proto
+    blobs = [d.data.data for d in proto.datasets] or [proto.data.data]
+    return {str(v) for b in blobs for v in pa.ipc.open_stream(b).read_pandas()["layer"]}
+
+
+def test_weights_layer_filter_and_top_n(app_env):
+    at = open_app("weights")
+    pick = next(m for m in at.multiselect if m.key.startswith("w_w_layers:"))
+    everything = list(pick.options)
+    assert len(everything) >= 3
+    at.number_input(key="w_w_top").set_value(2)
+    run_ok(at)
+    assert len(_layers_drawn(at)) == 2
+    legend = _norm_chart(at)["layer"][0]["encoding"]["color"]["legend"]
+    assert legend is not None  # few lines: a legend names them
+    pick = next(m for m in at.multiselect if m.key.startswith("w_w_layers:"))
+    pick.set_value(everything[:1])
+    run_ok(at)
+    assert _layers_drawn(at) == {everything[0]}
