@@ -76,25 +76,25 @@ def _probe_suffix(df: pd.DataFrame) -> Any:
     return (lambda p: f"probe{int(p)}") if many else (lambda p: None)
 
 
+def _per_probe_points(df: pd.DataFrame, stats: Iterable[str], prefix: str, key: str
+                      ) -> Iterable[tuple[str, int, float]]:
+    """(tag, step, value) of each finite ``stats`` column of a per-probe table (layers or gates)."""
+    if not len(df):
+        return
+    suffix = _probe_suffix(df)
+    for r in df.itertuples(index=False):
+        for stat in stats:
+            v = getattr(r, stat, math.nan)
+            if v is not None and math.isfinite(float(v)):
+                yield _tag(f"{prefix}_{stat}", getattr(r, key), suffix(getattr(r, "probe", 0))), int(r.mini_epoch), float(v)
+
+
 def scalar_points(tables: Mapping[str, pd.DataFrame], run_name: str | None = None
                   ) -> Iterable[tuple[str, int, float]]:
     """(tag, step, value) for every finite statistic worth a TensorBoard scalar; pure."""
-    layers = _one_run(tables.get("layers"), run_name)
-    if len(layers):
-        suffix = _probe_suffix(layers)
-        for r in layers.itertuples(index=False):
-            for stat in LAYER_STATS:
-                v = getattr(r, stat, math.nan)
-                if v is not None and math.isfinite(float(v)):
-                    yield _tag(f"activation_{stat}", r.layer, suffix(getattr(r, "probe", 0))), int(r.mini_epoch), float(v)
-    gates = _one_run(tables.get("gates"), run_name)
-    if len(gates):
-        suffix = _probe_suffix(gates)
-        for r in gates.itertuples(index=False):
-            for stat in GATE_STATS:
-                v = getattr(r, stat, math.nan)
-                if v is not None and math.isfinite(float(v)):
-                    yield _tag(f"gate_{stat}", r.block, suffix(getattr(r, "probe", 0))), int(r.mini_epoch), float(v)
+    for table, stats, prefix, key in (("layers", LAYER_STATS, "activation", "layer"),
+                                      ("gates", GATE_STATS, "gate", "block")):
+        yield from _per_probe_points(_one_run(tables.get(table), run_name), stats, prefix, key)
     weights = _one_run(tables.get("weights"), run_name)
     for r in weights.itertuples(index=False) if len(weights) else ():
         for stat in WEIGHT_STATS:
