@@ -196,8 +196,7 @@ def main() -> int:
             at.select_slider(key="w_ckpt").set_value(me)
             scrub_back.append(timed())
         # (c): stepping forward as Next / Play do, with the read-ahead of the next checkpoint
-        for fn in (cache.image_activations, cache.image_layer, cache.layer_maps, grid_cache.grid_html,
-                   grid_cache.channel_view_html):
+        for fn in (cache.image_activations, cache.image_layer, cache.layer_maps, grid_cache.grid):
             fn.clear()
         at.select_slider(key="w_ckpt").set_value(mes[0])
         timed()

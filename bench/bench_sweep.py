@@ -157,7 +157,7 @@ def bench_ray(root: Path, workers: int, quick: bool) -> dict:
     """
     import ray
 
-    from core.analysis.raysweep import _runtime_env, sweep_on_ray
+    from core.analysis.raysweep import runtime_env, sweep_on_ray
     from core.analysis.sweep import sweep
     from core.engine.engine import RunEngine, run_probe_set
     from core.run.runs import Run
@@ -172,7 +172,7 @@ def bench_ray(root: Path, workers: int, quick: bool) -> dict:
     os.environ.setdefault("RAY_worker_niceness", "0")
     t = time.perf_counter()
     ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False,
-             runtime_env=_runtime_env(None))
+             runtime_env=runtime_env(None))
     start = time.perf_counter() - t
     one, on_ray = {}, {}
     try:
@@ -214,11 +214,11 @@ def bench_ray(root: Path, workers: int, quick: bool) -> dict:
 
 
 def _foreign_run(root: Path, name: str, size: int, n_ckpt: int = 3, n_probe: int = 8) -> Path:
-    """A run imported (core.run.importer) from ``n_ckpt`` .keras files of keras.applications.``name``."""
+    """A run imported (core.training.importer) from ``n_ckpt`` .keras files of keras.applications.``name``."""
     import keras
     from PIL import Image
 
-    from core.run.importer import import_checkpoints
+    from core.training.importer import import_checkpoints
 
     model = getattr(keras.applications, name)(weights=None, input_shape=(size, size, 3))
     src, probes = root / f"{name}-ckpts", root / f"{name}-probes"

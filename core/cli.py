@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from core.errors import UserError
-from core.run.importer import add_import
+from core.training.importer import add_import
 from core.run.repair import add_repair
 from core.run.remote import local_runs_root, runs_root_arg
 from core.run.runs import RunError, resolve_run_path

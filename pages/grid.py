@@ -4,11 +4,10 @@ from __future__ import annotations
 import streamlit as st
 
 from core.render import grids
+from core.render.grid_view import SCALE_LABELS
 from core.run.runs import RunError
 from ui import cache, grid_cache, state, trajectory, widgets
 
-SCALES = {"layer": "per layer (this checkpoint)", "channel": "per channel",
-          "fixed": "fixed (all checkpoints)"}
 SORTS = {"index": "index", "std": "std (high first)", "mean": "mean (high first)"}
 TILE_PX = {"small": 56, "medium": 88, "large": 128}
 VIEW_PX = 280
@@ -33,7 +32,8 @@ def _fmt(name: str) -> str:
 
 c1, c2, c3, c4 = st.columns([2.2, 1.6, 1, 1])
 layer = state.select_layer(eng.taps, where=c1, format_func=_fmt)
-mode = c2.selectbox("Colour scale", list(SCALES), format_func=SCALES.get, **state.kept("grid_scale", "layer", SCALES, url="scale"),
+mode = c2.selectbox("Colour scale", list(SCALE_LABELS), format_func=SCALE_LABELS.get,
+                    **state.kept("grid_scale", "layer", SCALE_LABELS, url="scale"),
                     help="Fixed uses the layer's min..max over every checkpoint for this image (computed "
                          "once): the mode that makes shrinking activations visible.")
 cmap = c3.selectbox("Colormap", list(grids.COLORMAPS), **state.kept("grid_cmap", "viridis", grids.COLORMAPS, url="cmap"),
@@ -74,23 +74,22 @@ st.subheader("One channel")
 v1, v2 = st.columns([1, 2])
 ch = int(v1.number_input("Channel", 0, max(n_ch - 1, 0), **state.kept("grid_channel", 0, range(max(n_ch, 1)))))
 view_box = v1.container()
-settings = grid_cache.GridSettings(mode, cmap, fixed, sort, page, per_page, TILE_PX[size], alpha, ch)
+settings = grid_cache.GridSettings(mode, cmap, fixed, sort, page, per_page, TILE_PX[size], alpha, ch, VIEW_PX)
 
 
 def draw(ckpt) -> int | None:
     """The grid, its colour bar and the channel view at ``ckpt``: the channel viewed, or None after saying why not."""
-    key = cache.ckpt_key(ckpt)
     try:
-        maps, summary = cache.layer_maps(sel.path, cache.arch_mtime(sel.run), key, ikey, layer, sel.trust,
-                                         _image=sel.image.pixels)
+        view = grid_cache.grid(sel.path, cache.arch_mtime(sel.run), cache.ckpt_key(ckpt), ikey, layer, sel.trust,
+                               settings, _image=sel.image.pixels)
     except (RunError, ValueError, OSError) as e:
         head.error(f"Mini-epoch {ckpt.mini_epoch} could not be extracted: {e}")
         shown.clear()
         return None
-    n = len(maps)
+    summary, n = view.summary, len(view.maps)
     marks = grids.channel_marks(summary)
     n_nan, n_zero = marks.count("nonfinite"), marks.count("zero")
-    shape_txt = "×".join(map(str, shapes.get(layer, maps.shape)))
+    shape_txt = "×".join(map(str, shapes.get(layer, view.maps.shape)))
     info = [f"**{layer}** {shape_txt}", f"mini-epoch **{ckpt.mini_epoch}**", sel.image.label,
             f"{n} channels" + (f" (page {page + 1} of {pages})" if pages > 1 else "")]
     if n_zero:
@@ -100,22 +99,18 @@ def draw(ckpt) -> int | None:
     head.markdown(" · ".join(info))
     if n_nan:
         head.error(f"{n_nan} of {n} channels of {layer} hold NaN or Inf at mini-epoch {ckpt.mini_epoch}.")
-    lo, hi = grid_cache.grid_scales(summary, settings)
-    caption = SCALES[mode] + ("" if fixed is None else f": {grids.fmt(fixed[0])} .. {grids.fmt(fixed[1])}")
-    widgets.html(grid_cache.colorbar_html(*grid_cache.bar_args(settings, lo, hi), caption=caption)  # one element
-                 + grid_cache.grid_html(sel.path, key, ikey, layer, settings, _maps=maps, _base=sel.image.pixels,
-                                        _summary=summary), where=head)
+    widgets.html(view.bar_html + view.html, where=head)  # one element
     title = f"{sel.run.path.name} | {layer} | mini-epoch {ckpt.mini_epoch} | {sel.image.label}"
-    shown.update(maps=maps, settings=settings, base=sel.image.pixels, summary=summary, title=title.replace("·", "-"))
-    c = min(ch, n - 1)
+    shown.update(view=view, base=sel.image.pixels, title=title.replace("·", "-"))
+    c = view.channel
+    if c is None:  # a layer without channels
+        return None
     view_box.markdown(
         f"min {grids.fmt(summary['min'][c])} · max {grids.fmt(summary['max'][c])}  \n"
         f"mean {grids.fmt(summary['mean'][c])} · std {grids.fmt(summary['std'][c])}"
         + (f"  \n:red[{int(summary['n_nonfinite'][c])} NaN/Inf values]" if summary["n_nonfinite"][c] else "")
         + ("  \nall zero" if summary["all_zero"][c] else ""))
-    widgets.html(grid_cache.channel_view_html(sel.path, key, ikey, layer, c,
-                                              (float(lo[c]), float(hi[c]), cmap, VIEW_PX, alpha), _map=maps[c],
-                                              _base=sel.image.pixels), where=view_box)
+    widgets.html(view.channel_html, where=view_box)
     return c
 
 
@@ -126,7 +121,7 @@ def checkpoint_view() -> None:
     viewed = draw(ckpt) if ckpt is not None else None
     state.scrub_widgets(sel)
     if viewed is not None:  # last, so this is drawn first: the next checkpoint's images, in the background
-        state.read_ahead_next(sel, grid_cache.ShownGrid(layer, settings, viewed, VIEW_PX))
+        state.read_ahead_next(sel, grid_cache.ShownGrid(layer, settings))
 
 
 checkpoint_view()

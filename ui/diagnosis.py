@@ -28,9 +28,7 @@ def open_view(view: Any) -> None:
     """Button callback: select the view's layer, SE block and checkpoint, then switch to its page."""
     from ui import state
 
-    if view.block:
-        st.session_state["_p_gates_block"] = view.block  # the gates page's persisted block choice
-    state.goto(view.page, layer=view.layer or None, ckpt=int(view.checkpoint))
+    state.goto(view.page, layer=view.layer or None, ckpt=int(view.checkpoint), block=view.block or None)
 
 
 def findings_for_page(findings: Sequence[Any], page: str) -> list[Any]:
@@ -50,7 +48,7 @@ def _evidence_value(v: Any) -> str | None:
     return str(v)
 
 
-def _evidence(ev: dict) -> str:
+def evidence_markdown(ev: dict) -> str:
     """Evidence as a Markdown list of "Label: value" lines (numbers to 3 significant digits, yes/no for
     flags, missing values left out): whole lines that wrap, never one clipped run of raw keys."""
     lines = []
@@ -85,7 +83,7 @@ def findings_panel(findings: Sequence[Any] | None, page: str) -> None:
                     if f.advice.observed:
                         st.markdown(f"**In this run:** {f.advice.observed}")
                     if f.evidence:
-                        st.markdown("**Evidence**\n\n" + _evidence(f.evidence))
+                        st.markdown("**Evidence**\n\n" + evidence_markdown(f.evidence))
             v = f.view
             if v.page in PAGE_TITLES:
                 what = v.block or v.layer

@@ -43,8 +43,10 @@ def route(page: str) -> None:
     set_query("page", page)
 
 
-def goto(page: str, *, layer: str | None = None, ckpt: int | None = None) -> None:
-    """Button callback target: set the shared layer / checkpoint, then switch page."""
+def goto(page: str, *, layer: str | None = None, ckpt: int | None = None, block: str | None = None) -> None:
+    """Button callback target: set the shared layer / checkpoint (and the SE gates page's block), then switch page."""
+    if block is not None:
+        st.session_state[pkey("gates_block")] = block
     if layer is not None:
         st.session_state[pkey("layer")] = layer
     if ckpt is not None:

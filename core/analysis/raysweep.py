@@ -70,7 +70,8 @@ def sweep_task(run_ref: str, mine: list[int], probes: ProbeSet, options: SweepOp
     return export_bundle(run, key, mine, with_files=not shared)
 
 
-def _runtime_env(address: str | None) -> dict:
+def runtime_env(address: str | None) -> dict:
+    """What Ray workers need of this process: its environment variables and this checkout or its code."""
     core_dir = Path(__file__).resolve().parents[1]
     env = {"TF_CPP_MIN_LOG_LEVEL": "2"}
     for k in ("ADE_REMOTE_CACHE", "ADE_STORAGE_OPTIONS", "AWS_ENDPOINT_URL", "TF_NUM_INTRAOP_THREADS"):
@@ -95,7 +96,7 @@ def sweep_on_ray(run: Run, run_ref: str, probes: ProbeSet, *, options: SweepOpti
     if started:
         kw = {"num_cpus": workers or os.cpu_count()} if address is None else {}
         ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False,
-                 runtime_env=_runtime_env(address), **kw)
+                 runtime_env=runtime_env(address), **kw)
     try:
         engine = engine or RunEngine(run)
         key = sweep_key(run, engine, probes, options)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -24,7 +24,7 @@ class ReadAhead:
         self.lock = threading.Lock()
         self.jobs: OrderedDict[tuple, Future] = OrderedDict()
         self.served: OrderedDict[tuple, None] = OrderedDict()  # keys image_activations computed lately
-        self.drawings: OrderedDict[tuple, str] = OrderedDict()  # drawn ahead, until drawn() asks
+        self.drawings: OrderedDict[tuple, Any] = OrderedDict()  # drawn ahead, until drawn() asks
         self.prepared: dict[tuple, Future] = {}  # one-tap extractors being built
 
     def submit(self, key: tuple, fn: Callable[[], dict[str, np.ndarray]]) -> bool:
@@ -50,13 +50,13 @@ class ReadAhead:
         except Exception:  # computed again in the caller, which reports the error properly
             return None
 
-    def keep_drawings(self, drawings: dict[tuple, str]) -> None:
+    def keep_drawings(self, drawings: dict[tuple, Any]) -> None:
         with self.lock:
             self.drawings.update(drawings)
             while len(self.drawings) > 8:
                 self.drawings.popitem(last=False)
 
-    def drawn(self, key: tuple) -> str | None:
+    def drawn(self, key: tuple) -> Any | None:
         """A drawing made ahead for this cache key (once), else None."""
         with self.lock:
             return self.drawings.pop(key, None)

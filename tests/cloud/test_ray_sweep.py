@@ -30,15 +30,27 @@ def run12(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cluster():
-    """A local Ray cluster with 2 worker CPUs, started and stopped here."""
+    """A local Ray cluster with 2 worker CPUs, started and stopped here.
+
+    Ray starts its workers at nice 15: on a machine busy with other work they would get almost no
+    CPU and these tests would take minutes. Niceness 0 gives them a fair share.
+    """
     import ray
 
-    from core.analysis.raysweep import _runtime_env
+    from core.analysis.raysweep import runtime_env
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
-             runtime_env=_runtime_env(None))
-    yield ray
-    ray.shutdown()
+    before = os.environ.get("RAY_worker_niceness")
+    os.environ["RAY_worker_niceness"] = "0"
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+                 runtime_env=runtime_env(None))
+        yield ray
+        ray.shutdown()
+    finally:
+        if before is None:
+            os.environ.pop("RAY_worker_niceness", None)
+        else:
+            os.environ["RAY_worker_niceness"] = before
 
 
 def _copy(run, folder: Path):

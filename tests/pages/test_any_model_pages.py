@@ -31,7 +31,7 @@ def foreign_root(tmp_path_factory) -> Path:
     and ``lambda`` (a Lambda layer: needs trust)."""
     import keras
 
-    from core.run.importer import import_checkpoints
+    from core.training.importer import import_checkpoints
 
     base = tmp_path_factory.mktemp("foreign")
     root = base / "runs"

@@ -59,6 +59,11 @@ def test_grid_controls(app_env):
     at.selectbox(key="w_grid_tile").set_value("large")
     run_ok(at)
     assert at.get("download_button")[0].label == "Download the grid (PNG)"
+    from ui.grid_cache import grid_png  # what the button downloads: the grid shown, under its title
+
+    shown = at.session_state["grid_shown"]
+    assert shown["view"].settings.per_page == 16 and "block2_add" in shown["title"]
+    assert grid_png(**shown).startswith(b"\x89PNG")
 
 
 def test_grid_trajectory_on_demand(app_env, tmp_path, monkeypatch):
@@ -323,8 +328,8 @@ def test_findings_panel_and_show_button(app_env):
 def _clear_image_caches():
     from ui import cache, grid_cache
 
-    for fn in (cache.image_activations, cache.image_layer, cache.layer_maps, grid_cache.grid_html,
-               grid_cache.channel_view_html, grid_cache.colorbar_html, cache.read_ahead_state):
+    for fn in (cache.image_activations, cache.image_layer, cache.layer_maps, grid_cache.grid,
+               cache.read_ahead_state):
         fn.clear()
 
 
@@ -338,7 +343,7 @@ def test_next_checkpoint_is_read_and_drawn_ahead(app_env, monkeypatch):
 
     _clear_image_caches()
     calls, draws = [], []
-    real_acts, real_grid = RunEngine.activations, grid_cache._draw_grid
+    real_acts, real_grid = RunEngine.activations, grid_cache.draw
 
     def spy_acts(self, ckpt, images):
         calls.append((ckpt.mini_epoch, threading.current_thread().name))
@@ -349,7 +354,7 @@ def test_next_checkpoint_is_read_and_drawn_ahead(app_env, monkeypatch):
         return real_grid(*a)
 
     monkeypatch.setattr(RunEngine, "activations", spy_acts)
-    monkeypatch.setattr(grid_cache, "_draw_grid", spy_grid)
+    monkeypatch.setattr(grid_cache, "draw", spy_grid)
     at = open_app("grid", {"run": "tiny", "ckpt": "1", "layer": "block2_add"})
     deadline = time.monotonic() + 30
     while not cache.read_ahead_idle() and time.monotonic() < deadline:
@@ -362,7 +367,7 @@ def test_next_checkpoint_is_read_and_drawn_ahead(app_env, monkeypatch):
     assert "mini-epoch **2**" in texts(at, "markdown")
     assert not [me for me, t in calls if me == 2]  # not extracted again
     assert not [t for t in draws if not t.startswith("ade-read-ahead")]  # the grid was not drawn again
-    # grid and channel view of mini-epoch 2 were both used (those of 3 may be drawn ahead by now)
+    # the view of mini-epoch 2 drawn ahead was used (that of 3 may be drawn ahead by now)
     assert not [k for k in cache.read_ahead_state().drawings if k[2][0] == 2]
     _clear_image_caches()
 

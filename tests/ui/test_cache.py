@@ -76,12 +76,14 @@ def test_grid_png_is_the_labelled_grid_under_a_title_and_colour_bar():
     from PIL import Image
 
     from core.render import grids
+    from core.render.grid_view import grid_view
     from ui.grid_cache import GridSettings, grid_png
 
     maps = np.random.default_rng(0).normal(size=(6, 5, 5)).astype(np.float32)
     summary = grids.channel_summary(maps)
     settings = GridSettings("layer", "viridis", None, "index", 0, 64, 20, 0.0, 2)
-    png = Image.open(io.BytesIO(grid_png(maps, settings, None, summary, title="run | conv | mini-epoch 3")))
+    view = grid_view(maps, summary, settings)
+    png = Image.open(io.BytesIO(grid_png(view, None, title="run | conv | mini-epoch 3")))
     g = grids.grid_image(maps, tile_px=20, selected=2, summary=summary).pixels
     px = np.asarray(png)
     assert px.shape[0] == 18 + 4 + 28 + 4 + g.shape[0] and px.shape[1] == max(g.shape[1], 324)
@@ -96,11 +98,12 @@ def test_overlay_is_the_image_given_not_one_cached_under_the_same_name():
     import numpy as np
 
     from core.render import grids
-    from ui.grid_cache import GridSettings, _draw_grid
+    from ui.grid_cache import GridSettings, draw
 
     maps = np.zeros((2, 3, 3), np.float32)
     settings = GridSettings("layer", "viridis", None, "index", 0, 64, 9, 0.5, 0)
     a, b = np.zeros((3, 3, 3), np.uint8), np.full((3, 3, 3), 200, np.uint8)
     uri = lambda doc: doc.split("--ade-base:url(")[1].split(")")[0]  # noqa: E731
-    assert uri(_draw_grid(maps, settings, a)) == grids.data_uri(grids.to_png(a))
-    assert uri(_draw_grid(maps, settings, b)) == grids.data_uri(grids.to_png(b))
+    a_view, b_view = draw(maps, settings, a, None), draw(maps, settings, b, None)
+    assert uri(a_view.html) == uri(a_view.channel_html) == grids.data_uri(grids.to_png(a))
+    assert uri(b_view.html) == uri(b_view.channel_html) == grids.data_uri(grids.to_png(b))

@@ -3,13 +3,13 @@ import math
 
 import numpy as np
 
-from ui.diagnosis import _evidence
+from ui.diagnosis import evidence_markdown
 
 
 def test_evidence_is_readable_label_value_lines():
     ev = {"recovered": False, "n_channels": 12, "dead_fraction": 0.123456, "onset": np.float32(math.nan),
           "layers": ["block1_conv", "block2_conv"], "saturated": np.bool_(True)}
-    assert _evidence(ev).splitlines() == [
+    assert evidence_markdown(ev).splitlines() == [
         "- Recovered: no",
         "- Number of channels: 12",
         "- Dead fraction: 0.123",
@@ -19,4 +19,4 @@ def test_evidence_is_readable_label_value_lines():
 
 
 def test_evidence_of_nothing_is_empty():
-    assert _evidence({}) == ""
+    assert evidence_markdown({}) == ""

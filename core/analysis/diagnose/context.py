@@ -20,7 +20,7 @@ from core.analysis.diagnose.model import RANK, Finding, Thresholds, View
 SCALE_KINDS = frozenset({"conv", "activation", "add", "dense", "se_excite", "other"})
 
 
-def _mget(manifest: Any, key: str, default: Any = None) -> Any:
+def manifest_get(manifest: Any, key: str, default: Any = None) -> Any:
     if manifest is None:
         return default
     if isinstance(manifest, Mapping):
@@ -46,14 +46,14 @@ class RunFacts:
 
     @classmethod
     def of(cls, manifest: Any) -> "RunFacts":
-        training = _mget(manifest, "training", {}) or {}
+        training = manifest_get(manifest, "training", {}) or {}
         training = training if isinstance(training, Mapping) else {}
         arch = training.get("arch") if isinstance(training.get("arch"), Mapping) else {}
-        n = len(_mget(manifest, "class_names", ()) or ())
+        n = len(manifest_get(manifest, "class_names", ()) or ())
         if n < 2:
             k = num(arch.get("num_classes"))
             n = int(k) if math.isfinite(k) else 0
-        return cls(num(training.get("batch_size")), num(_mget(manifest, "mini_epoch_images", 0) or math.nan),
+        return cls(num(training.get("batch_size")), num(manifest_get(manifest, "mini_epoch_images", 0) or math.nan),
                    n if n >= 2 else 0, dict(arch))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from core.analysis.diagnose.context import Ctx, _mget
+from core.analysis.diagnose.context import Ctx, manifest_get
 from core.analysis.diagnose.model import Finding
 
 #: Orders of magnitude between the first BatchNorm's probe-batch statistics and its moving ones that
@@ -17,7 +17,7 @@ def _scaling(manifest: Any) -> tuple[str, bool]:
     """(the run's pixel scaling as words, whether it is a guess)."""
     from core.run.preprocess import PreprocessSpec
 
-    raw = _mget(manifest, "preprocessing") or (_mget(manifest, "input") or {}).get("preprocessing")
+    raw = manifest_get(manifest, "preprocessing") or (manifest_get(manifest, "input") or {}).get("preprocessing")
     try:
         spec = PreprocessSpec.from_dict(raw) if raw else None
     except ValueError:

@@ -6,7 +6,7 @@ import pytest
 from numpy.testing import assert_array_equal
 
 from core.render import grids as G
-from core.render.grid_view import GridSettings, bar_args, grid_image, grid_view
+from core.render.grid_view import GridSettings, bar_args, bar_caption, grid_image, grid_view
 
 
 def _maps() -> np.ndarray:
@@ -34,6 +34,14 @@ def test_grid_view_is_the_keyword_grid(s):
     assert_array_equal(v.lo, lo)
     assert_array_equal(v.hi, hi)
     assert v.bar == bar_args(s, lo, hi) and v.bar[0] == s.cmap
+    assert v.bar_html == G.colorbar_html(*v.bar[:3], caption=bar_caption(s), low_text=v.bar[3], high_text=v.bar[4])
+    if s.selected is None:
+        assert v.channel is None and v.channel_html is None
+    else:
+        c = v.channel
+        assert c == s.selected
+        assert v.channel_html == G.channel_view_html(maps[c], float(lo[c]), float(hi[c]), s.cmap, s.view_px, uri,
+                                                     s.alpha)
     assert_array_equal(grid_image(maps, summary, s).pixels, G.grid_image(maps, summary=summary, **kw).pixels)
 
 
@@ -42,3 +50,14 @@ def test_grid_settings_are_a_hashable_value():
     assert a == b and hash(a) == hash(b) and a != GridSettings("fixed", fixed=(0.0, 2.0))
     with pytest.raises(AttributeError):
         a.mode = "layer"  # frozen
+
+
+def test_the_channel_viewed_is_the_last_when_the_selected_one_is_past_the_end():
+    maps = _maps()
+    v = grid_view(maps, None, GridSettings(selected=99))
+    assert v.channel == len(maps) - 1 and v.channel_html
+
+
+def test_bar_caption_names_the_scale_and_the_fixed_range():
+    assert bar_caption(GridSettings("layer")) == "per layer (this checkpoint)"
+    assert bar_caption(GridSettings("fixed", fixed=(-1.0, 2.5))) == f"fixed (all checkpoints): {G.fmt(-1.0)} .. {G.fmt(2.5)}"

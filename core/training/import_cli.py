@@ -1,4 +1,4 @@
-"""``python -m core import``: the command line of ``core.run.importer``."""
+"""``python -m core import``: the command line of ``core.training.importer``."""
 from __future__ import annotations
 
 import sys
@@ -58,7 +58,7 @@ def cmd_import(args) -> int:
 
     from core.errors import UserError
     from core.run.custom_objects import CustomObjectsError, load_custom_objects
-    from core.run.importer import CheckpointImportError, import_checkpoints
+    from core.training.importer import CheckpointImportError, import_checkpoints
     from core.run.loading import ModelLoadError
     from core.run.preprocess import PreprocessSpec
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from keras import layers
 
-from core.run.importer import (
+from core.training.importer import (
     CheckpointImportError, ImportResult, add_import, csvlogger_history, dedupe_epochs, epoch_number,
     import_checkpoints,
 )
@@ -432,7 +432,7 @@ def test_failed_write_leaves_no_run(legacy_h5, tmp_path: Path, monkeypatch: pyte
     def disk_full(*_a, **_k) -> None:
         raise OSError("No space left on device")
 
-    monkeypatch.setattr("core.run.importer.RunWriter.create", disk_full)
+    monkeypatch.setattr("core.training.importer.RunWriter.create", disk_full)
     with pytest.raises(OSError, match="No space"):
         import_checkpoints(legacy_h5[0], tmp_path, "full")
     assert not (tmp_path / "full").exists()

@@ -17,7 +17,7 @@ from core.analysis.sweep import SweepOptions, sweep
 from core.engine.engine import RunEngine, run_probe_set
 from core.engine.graph import build_graph
 from core.run.images import load_probe_image
-from core.run.importer import CheckpointImportError, import_checkpoints, order_checkpoints
+from core.training.importer import CheckpointImportError, import_checkpoints, order_checkpoints
 from core.run.runs import Run
 
 FAST = SweepOptions(train_mode=False, gradients=False)

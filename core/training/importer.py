@@ -429,4 +429,4 @@ def _skipped_text(skipped: list[tuple[Path, str]]) -> str:
         f" (+{len(groups) - 10} more reasons)" if len(groups) > 10 else "")
 
 
-from core.run.import_cli import add_import, cmd_import, format_result  # noqa: E402,F401  (re-exported)
+from core.training.import_cli import add_import, cmd_import, format_result  # noqa: E402,F401  (re-exported)
