@@ -147,6 +147,15 @@ def probe_set(run_path: str, probes_mtime: int) -> tuple[np.ndarray, np.ndarray]
     return ps.images, ps.labels
 
 
+@memo(64)  # the sidebar asks on every page run
+def recorded_probe_count(run_path: str, probes_mtime: int) -> int | None:
+    """Images in the run's recorded probe set (0: none recorded); None when probes.npz cannot be read."""
+    try:
+        return len(Run(run_path).probes()[0])
+    except RunError:
+        return None
+
+
 def probes_mtime(run: Run) -> int:
     from core.run.probefiles import USER_PROBES
 

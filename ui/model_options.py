@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import json
 import zipfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import streamlit as st
 
-from core.run.runs import Run, RunError
+from core.run.runs import PROBES, Run, RunError
 from ui import cache, grid_cache
-from ui.memo import Memo
+from ui.memo import Memo, memo
 
 
 def _key(run: Run, name: str) -> str:
@@ -23,9 +24,18 @@ def _key(run: Run, name: str) -> str:
 
 def _has_python_code(run: Run) -> bool:
     """Whether the architecture holds Lambda code (then loading it needs the user's trust)."""
+    try:
+        p = run.architecture_path
+    except RunError:
+        return False  # the engine's own load reports a broken manifest
+    return _file_has_python_code(str(p), cache.arch_mtime(run))
+
+
+@memo(64)  # every page run asks; walking a large model's config costs milliseconds
+def _file_has_python_code(path: str, mtime: int) -> bool:
     from core.run.loading import H5_EXTS, unsafe_parts
 
-    p = run.architecture_path
+    p = Path(path)
     try:
         if p.name.endswith(H5_EXTS):
             import h5py
@@ -163,12 +173,8 @@ def _probe_set_box(run: Run, image: Any) -> None:
     """For a run without a recorded probe set: the sidebar image serves as its probe set; more can be chosen."""
     from core.run.probefiles import user_probes
 
-    try:
-        x, _ = run.probes()
-    except RunError:
-        return  # a damaged probes.npz is reported by the pages
-    if len(x):
-        return
+    if cache.recorded_probe_count(str(run.path), cache.mtime(run.path / PROBES)) != 0:
+        return  # recorded ones, or a damaged probes.npz (the pages report it)
     chosen = user_probes(run.path, run.manifest.input_shape)
     if image is None and chosen is None:
         image = _first_photo(run)
