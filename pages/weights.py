@@ -26,7 +26,7 @@ log = c2.toggle("Log y", **state.kept("w_log", True))
 w = res.weights
 variables = sorted(w["variable"].astype(str).unique()) if len(w) else ["kernel"]
 var = c3.selectbox("Variable", variables, **state.kept("w_var", "kernel" if "kernel" in variables else variables[0],
-                                                        variables))
+                                                        variables, url="wvar"))
 if int(res.extras["n_nan_weights"].sum() if len(res.extras) else 0):
     bad = res.extras[res.extras["n_nan_weights"] > 0]["mini_epoch"].tolist()
     st.error(f"NaN weights from mini-epoch {bad[0]} on ({len(bad)} checkpoints).")
@@ -34,10 +34,11 @@ if int(res.extras["n_nan_weights"].sum() if len(res.extras) else 0):
 depth = eng.weight_layer_order()  # architecture order: the colour order of many-layer charts
 var_layers = set(C.weights_by_layer(w, var)["layer"]) if len(w) else set()
 f1, f2 = st.columns([4, 1])
-top = int(f2.number_input("Top N layers", 1, 500, C.MAX_LEGEND, key="w_w_top",
+top = int(f2.number_input("Top N layers", 1, 500, **state.kept("w_top", C.MAX_LEGEND, range(1, 501), url="wtop"),
                           help="With no layer chosen: the N layers with the largest value at the last checkpoint. "
                                f"Up to {C.MAX_LEGEND} lines get a legend."))
-chosen = f1.multiselect("Layers", [l for l in depth if l in var_layers] or sorted(var_layers), key=f"w_w_layers:{var}",
+layer_options = [l for l in depth if l in var_layers] or sorted(var_layers)
+chosen = f1.multiselect("Layers", layer_options, **state.kept_list(f"w_layers:{var}", layer_options, url="wlayers"),
                         placeholder=f"the top {top} of {len(var_layers)} layers")
 base = (sel.path, sel.stamp, cache.dir_stamp(sel.run.path), x, log, tuple(chosen), top)
 

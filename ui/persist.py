@@ -11,7 +11,7 @@ import streamlit as st
 
 QUERY_KEYS = ("run", "ckpt", "layer", "page")
 #: Page settings that a shared link carries too (``kept(..., url=...)``) and the probe image choice.
-SETTING_KEYS = ("scale", "cmap", "sort", "tile", "source", "probe", "photo", "block")
+SETTING_KEYS = ("scale", "cmap", "sort", "tile", "source", "probe", "photo", "block", "wvar", "wtop", "wlayers")
 #: The scrubber's widgets, whose values the app also moves itself (Play, Prev / Next, a finding's button).
 SCRUB_WIDGETS = ("ckpt", "play")
 
@@ -79,6 +79,26 @@ def kept(name: str, default: Any, options: Sequence[Any] | None = None,
     seed(name, v)
     if url is not None:
         set_query(url, v)
+    return {"key": wkey(name), "on_change": keep, "args": (name,)}
+
+
+def kept_list(name: str, options: Sequence[str], url: str) -> dict[str, Any]:
+    """``kept`` for a multiselect of names: the choice is kept across pages and carried in the link as
+    ``url=a,b`` (names that are not among ``options`` are dropped, with a warning)."""
+    v = st.session_state.get(pkey(name), [])
+    wanted = pending(url)
+    if wanted is not None:
+        names = [n for n in wanted.split(",") if n]
+        v = [n for n in names if n in options]
+        if len(v) < len(names):
+            st.warning(f"The link's {url} names {', '.join(n for n in names if n not in options)}, "
+                       "not among the choices here; left out.")
+    v = [n for n in v if n in options]
+    seed(name, v)
+    if v:
+        set_query(url, ",".join(v))
+    elif url in st.query_params:
+        del st.query_params[url]
     return {"key": wkey(name), "on_change": keep, "args": (name,)}
 
 

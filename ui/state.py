@@ -19,7 +19,7 @@ from core.run.remote import as_root, runs_root_arg
 from core.run.runs import Checkpoint, Run, RunError
 from ui import cache, grid_cache, model_options
 from ui.persist import (QUERY_KEYS, SCRUB_WIDGETS, SETTING_KEYS, current_run, keep, keep_run_param, kept,
-                        moved, pending, pkey, read_query_params, seed, set_query, wkey)
+                        kept_list, moved, pending, pkey, read_query_params, seed, set_query, wkey)
 from ui.probe_picker import PHOTO_EXTS, PHOTOS_DIR, SOURCES, ProbeImage, photos, probe_label, select_image
 from ui.pages_registry import PAGES
 from ui.routing import goto, route
@@ -29,7 +29,7 @@ from ui.scrubber import (PLAY_SPEEDS, current_checkpoint, play_state, player, sc
 __all__ = [
     "PAGES", "PHOTOS_DIR", "PHOTO_EXTS", "PLAY_SPEEDS", "QUERY_KEYS", "SCRUB_WIDGETS", "SETTING_KEYS", "SOURCES",
     "FRAGMENT_TIMES", "READ_AHEAD", "ProbeImage", "Selection", "current_checkpoint", "current_run", "engine",
-    "goto", "keep", "keep_run_param", "kept", "moved", "pending", "photos", "pkey", "play_state", "player",
+    "goto", "keep", "keep_run_param", "kept", "kept_list", "moved", "pending", "photos", "pkey", "play_state", "player",
     "probe_label", "read_ahead_next", "read_query_params", "route", "run_problems", "runs_root", "scrub",
     "scrub_widgets", "scrubber", "seed", "select_checkpoint", "select_image", "select_layer", "select_run",
     "set_query", "sidebar", "timed_fragment", "trust_box", "trusted", "wkey", "x_axis",

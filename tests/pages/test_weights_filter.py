@@ -36,3 +36,17 @@ def test_weights_layer_filter_and_top_n(app_env):
     pick.set_value(everything[:1])
     run_ok(at)
     assert _layers_drawn(at) == {everything[0]}
+    assert at.query_params["wlayers"] == everything[0] and at.query_params["wtop"] == "2"
+
+
+def test_weights_view_from_a_link(app_env):
+    """A shared link carries the variable, the top N and the chosen layers; unknown layers are left out, said."""
+    first = open_app("weights")
+    layers = list(next(m for m in first.multiselect if m.key.startswith("w_w_layers:")).options)
+    at = open_app(query={"run": "tiny", "page": "weights", "wvar": "kernel", "wtop": "3",
+                         "wlayers": f"{layers[1]},no_such_layer"})
+    assert at.title[0].value != "Overview", "the link opens the Weights page"
+    assert at.selectbox(key="w_w_var").value == "kernel" and at.number_input(key="w_w_top").value == 3
+    assert next(m for m in at.multiselect if m.key.startswith("w_w_layers:")).value == [layers[1]]
+    assert _layers_drawn(at) == {layers[1]}
+    assert any("no_such_layer" in w.value for w in at.warning)
