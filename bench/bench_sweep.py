@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import os
 import shutil
@@ -250,6 +251,7 @@ def bench_foreign(root: Path, names: list[str], size: int = 224) -> list[dict]:
     from core.run.runs import Run
 
     def plain(name: str, x: np.ndarray) -> float:
+        gc.collect()  # the garbage of the previous measurement (models hold reference cycles) is neither's cost
         t = time.perf_counter()
         model = getattr(keras.applications, name)(weights=None, input_shape=(size, size, 3))
         tf.function(lambda v: model(v, training=False))(x).numpy()
@@ -262,6 +264,7 @@ def bench_foreign(root: Path, names: list[str], size: int = 224) -> list[dict]:
         x = np.zeros((len(run.probes()[0]), size, size, 3), "float32")
         plain(name, x)  # warm-up: first-use costs of TensorFlow and Keras are nobody's
         before = plain(name, x)
+        gc.collect()
         t = time.perf_counter()
         eng = RunEngine(run)
         first_me = run.checkpoints()[0].mini_epoch

@@ -13,7 +13,7 @@ import streamlit as st
 
 from core.engine.readahead import ReadAhead
 from core.run.remote import is_url, list_remote_runs, open_remote_run
-from core.run.runs import HISTORY, MANIFEST, PROBES, Checkpoint, Run, RunInfo, list_runs, open_run
+from core.run.runs import HISTORY, MANIFEST, PROBES, Checkpoint, Run, RunError, RunInfo, list_runs, open_run
 from ui.memo import Memo, memo
 
 __all__ = ["Memo", "memo"]  # re-exported: the memo decorator is part of this module's interface

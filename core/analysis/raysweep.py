@@ -95,6 +95,8 @@ def sweep_on_ray(run: Run, run_ref: str, probes: ProbeSet, *, options: SweepOpti
     started = not ray.is_initialized()
     if started:
         kw = {"num_cpus": workers or os.cpu_count()} if address is None else {}
+        if address is None:  # Ray starts workers at nice 15: on a busy machine they would barely run
+            os.environ.setdefault("RAY_worker_niceness", "0")
         ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False,
                  runtime_env=runtime_env(address), **kw)
     try:

@@ -380,8 +380,14 @@ class _Sweep:
             self.pool.submit(self.chain.reset)  # weights not loaded: the next checkpoint must read its predecessor's
             self.prev_identity = ident
             return f"mini-epoch {me} (cached)"
-        fut = self.ahead.pop(i, None) or self.reader.submit(self.load, c)
+        fut = self.ahead.pop(i, None)
+        if fut is None:
+            if not act_ok:  # tracing holds the interpreter, as reading does: trace first
+                self.engine.extractor.prepare_reduced(self.maker.raw, execute=False)
+            fut = self.reader.submit(self.load, c)
         self.read_ahead(i + 1)
+        if not act_ok:  # the graph's optimisation on first execution runs while the checkpoint is read
+            self.engine.extractor.prepare_reduced(self.maker.raw)
         try:
             weights, wv = fut.result()
             if not act_ok and isinstance(wv, ValueError):
@@ -392,6 +398,9 @@ class _Sweep:
             self.pool.submit(self.chain.reset)
             self.prev_identity = None
             return None
+        if self.options.weights:  # in the worker (it holds the first and the previous weights), during the forward pass
+            self.jobs.append(self.pool.submit(self.weight_job, c, weights, self.prev_identity is not None,
+                                              None if w_ok else w_ident))
         if not act_ok:
             red, acts, redo = self.maker.forward(wv)
             if self.inflight is not None:  # one checkpoint's tables in flight: memory stays flat
@@ -399,9 +408,6 @@ class _Sweep:
             self.inflight = self.pool.submit(self.activation_job, me, ident, red, acts, redo, weights, wv)
             self.jobs.append(self.inflight)
             del red, acts, redo
-        if self.options.weights:  # in the worker too: it holds the first and the previous weights
-            self.jobs.append(self.pool.submit(self.weight_job, c, weights, self.prev_identity is not None,
-                                              None if w_ok else w_ident))
         self.prev_identity = ident
         return f"mini-epoch {me}"
 

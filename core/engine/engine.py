@@ -5,7 +5,7 @@ import hashlib
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Collection, Sequence
 
 import numpy as np
 
@@ -66,6 +66,7 @@ class RunEngine:
 
     Build once per run and taps selection (the UI caches it); then
     ``activations(ckpt, images)`` costs one checkpoint read plus one forward pass.
+    ``model``'s own variable values are no checkpoint's (``run.load_model()`` gives a model with values).
     """
 
     def __init__(self, run: Run, taps: Sequence[str] | None = None, trust: bool = False,
@@ -74,7 +75,8 @@ class RunEngine:
         from core.run.loading import load_model_noted
 
         self.run = run
-        loaded = load_model_noted(run.architecture_path, trust=trust, custom_objects=custom_objects)
+        # the forward passes take every checkpoint's weights as arguments: the file's own are never read
+        loaded = load_model_noted(run.architecture_path, trust=trust, custom_objects=custom_objects, weights=False)
         self.model = loaded.model
         #: Training-only objects (initializers, regularizers, constraints) left out: ``layer.key = Name``.
         self.dropped: tuple[str, ...] = loaded.dropped
@@ -149,8 +151,14 @@ class RunEngine:
             self.spec = PreprocessSpec.from_dict(Run(self.run.path).manifest.preprocessing)
             self._spec_stamp = stamp
 
-    def read_weights(self, ckpt: Checkpoint) -> dict[str, np.ndarray]:
-        return self.run.read_weights(ckpt, architecture=self.model)
+    def read_weights(self, ckpt: Checkpoint, names: Collection[str] | None = None) -> dict[str, np.ndarray]:
+        """A checkpoint's arrays by ``variable.path`` (only ``names`` of an npz checkpoint, if given)."""
+        if ckpt.kind == "npz":
+            return self.run.read_weights(ckpt, architecture=self.model, names=names)
+        from core.run.loading import read_weights_file
+
+        # loaded into the model itself: its values are never read (see __init__), no copy to build
+        return read_weights_file(ckpt.path, self.model, overwrite=True)
 
     def weight_values(self, weights: dict[str, np.ndarray]):
         return self.extractor.weights_from_mapping(weights)
@@ -195,7 +203,7 @@ class RunEngine:
         if ex is None:
             return None
         try:
-            weights = self.run.read_weights(ckpt, architecture=self.model, names=ex.used_paths)
+            weights = self.read_weights(ckpt, names=ex.used_paths)
             return ex.run_used(weights, self.preprocess(images))[tap]
         except ValueError as e:
             raise ValueError(f"{ckpt.path}: {e}") from e

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from core.engine.reductions import REDUCED_KEYS, Reduced, positions_per_channel, reduce_tap
+from core.engine.reductions import Reduced, positions_per_channel, reduce_groups, stack_groups, tap_groups
 from core.engine.se import SEBlock, build_graph, op_class
 from core.engine.taps import Tap, VirtualLogits, list_tappable, tap_table
 
@@ -97,7 +97,8 @@ class Extractor:
         self._forward: Any = None  # traced on first ``run``: a sweep needs only ``run_reduced``'s function
         self._forward_train: Any = None
         self._grad_fns: dict[bool, Any] = {}
-        self._reduced_fns: dict[tuple[str, ...], Any] = {}
+        self._reduced_fns: dict[tuple[str, ...], tuple[Any, list[list[int]]]] = {}
+        self._reduced_ready: set[tuple[str, ...]] = set()  # executed once (``prepare_reduced``)
         self._tap_positions = {t.name: positions_per_channel(t.shape) for t in table}
         shape = {t.name: t.shape for t in table}
         # layout of run_reduced's stacked statistics: tap i owns columns offsets[i]:offsets[i + 1]
@@ -175,31 +176,58 @@ class Extractor:
         Values are exact only for finite tensors: a tap whose ``s`` is not finite must be
         recomputed from raw values (``core.analysis.sweep`` does this).
         Reducing in the graph avoids copying every feature map out of TensorFlow and
-        scanning it again in numpy, and stacking the taps in the graph returns six
-        arrays instead of six per tap: the sweep then costs about one forward pass.
+        scanning it again in numpy: the sweep then costs about one forward pass. Taps of one
+        shape are reduced together (``core.engine.reductions.tap_groups``), which keeps the
+        graph small, and their small results are put in tap order in numpy.
         """
         raw = tuple(t for t in raw if t in self.taps)
-        with self._lock:
-            fn = self._reduced_fns.get(raw)
-            if fn is None:
-                fn = tf.function(self._reduced_body(raw), input_signature=[*self._weight_spec, self._x_spec],
-                                 autograph=False)
-                fn.get_concrete_function()
-                self._reduced_fns[raw] = fn
-        stacked, raws = fn(*self._prepare(weights, x))
+        fn, groups = self._reduced_fn(raw)
+        grouped, raws = fn(*self._prepare(weights, x))
         red = Reduced(tuple(self.taps), self._red_offsets, self._red_totals,
-                      {k: v.numpy() for k, v in zip(REDUCED_KEYS, stacked)})
+                      stack_groups([v.numpy() for v in grouped], groups, self._red_offsets))
         return red, {name: v.numpy() for name, v in zip(raw, raws)}
 
-    def _reduced_body(self, raw: tuple[str, ...]) -> Any:
+    def prepare_reduced(self, raw: Sequence[str] = (), execute: bool = True) -> None:
+        """Trace ``run_reduced``'s function for ``raw`` and (``execute``) run it once on one zero image.
+
+        The first execution of a traced graph pays for its optimisation, mostly outside the
+        Python interpreter: done here, it can overlap Python work in another thread (reading a
+        checkpoint), which tracing cannot. The model's own variable values serve as weights:
+        any values of the right shapes do.
+        """
+        raw = tuple(t for t in raw if t in self.taps)
+        fn, _groups = self._reduced_fn(raw)
+        if not execute:
+            return
+        with self._lock:
+            if raw in self._reduced_ready:
+                return
+            self._reduced_ready.add(raw)
+        own = [tf.convert_to_tensor(v.numpy()) for v in self._vars]
+        zero = tf.zeros((1, *self._x_spec.shape[1:]), self._x_spec.dtype)
+        fn(own[:len(self._train_vars)], own[len(self._train_vars):], zero)
+
+    def _reduced_fn(self, raw: tuple[str, ...]) -> tuple[Any, list[list[int]]]:
+        """``run_reduced``'s traced function for ``raw`` and its tap groups (traced on first use)."""
+        with self._lock:
+            got = self._reduced_fns.get(raw)
+            if got is None:
+                groups: list[list[int]] = []
+                fn = tf.function(self._reduced_body(raw, groups), input_signature=[*self._weight_spec, self._x_spec],
+                                 autograph=False)
+                fn.get_concrete_function()
+                got = self._reduced_fns[raw] = (fn, groups)
+            return got
+
+    def _reduced_body(self, raw: tuple[str, ...], groups: list[list[int]]) -> Any:
+        """The traced function of ``run_reduced``; fills ``groups`` (``tap_groups`` of the traced taps) when traced."""
         forward = self._forward_body(training=False)
 
         def body(trainable, non_trainable, x):
             outs = forward(trainable, non_trainable, x)
             by_name = dict(zip(self.taps, outs))
-            per_tap = [reduce_tap(t) for t in outs]
-            stacked = [tf.concat([r[k] for r in per_tap], axis=1) for k in range(len(REDUCED_KEYS))]
-            return stacked, [by_name[n] for n in raw]
+            groups[:] = tap_groups([tuple(t.shape) for t in outs])
+            return reduce_groups(outs, groups), [by_name[n] for n in raw]
 
         return body
 

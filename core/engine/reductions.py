@@ -1,6 +1,7 @@
 """Per-channel statistics of tapped tensors, reduced inside the traced graph (``Extractor.run_reduced``)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +57,66 @@ def reduce_tap(t: tf.Tensor) -> list[tf.Tensor]:
     return [s, tf.reduce_sum(tf.math.squared_difference(t, total / positions), axis=1),
             tf.reduce_sum(a, axis=1), tf.reduce_min(t, axis=1), tf.reduce_max(t, axis=1),
             positions - tf.reduce_sum(tf.sign(a), axis=1)]
+
+
+#: Per-probe values one group of ``reduce_groups`` holds at most: a group's taps stay in
+#: memory until the last of them is computed, so groups are bounded.
+GROUP_VALUES = 2 ** 19
+
+
+def tap_groups(shapes: Sequence[tuple[int | None, ...]]) -> list[list[int]]:
+    """Indices of the taps ``reduce_groups`` reduces together, groups in order of their first tap.
+
+    Taps of one static shape share a group while it holds at most ``GROUP_VALUES`` values
+    per probe; a tap of a partly unknown shape is a group of its own.
+    """
+    groups: list[list[int]] = []
+    open_group: dict[tuple[int, ...], int] = {}
+    size: dict[int, int] = {}
+    for i, shape in enumerate(shapes):
+        dims = tuple(shape[1:])
+        if not dims or None in dims:
+            groups.append([i])
+            continue
+        values = int(np.prod(dims, dtype=np.int64))
+        g = open_group.get(dims)
+        if g is None or size[g] + values > GROUP_VALUES:
+            g = open_group[dims] = len(groups)
+            groups.append([])
+            size[g] = 0
+        groups[g].append(i)
+        size[g] += values
+    return groups
+
+
+def reduce_groups(taps: Sequence[tf.Tensor], groups: Sequence[Sequence[int]]) -> list[tf.Tensor]:
+    """``reduce_tap`` of each group's taps stacked along the batch axis: per group, ``REDUCED_KEYS``
+    order, (len(group) * N, C) with tap ``group[j]`` in rows j*N:(j+1)*N (``stack_groups`` reorders).
+
+    A reduction is a dozen graph ops, and with a hundred taps the ops' count sets the time to
+    trace and optimise the graph; taps of one shape share them. Stacking along the batch
+    axis copies whole tensors and leaves each (probe, channel) row's reduction as it was.
+    """
+    out: list[tf.Tensor] = []
+    for g in groups:
+        ts = [tf.cast(taps[i], tf.float32) for i in g]
+        out.extend(reduce_tap(ts[0] if len(ts) == 1 else tf.concat(ts, axis=0)))
+    return out
+
+
+def stack_groups(values: Sequence[np.ndarray], groups: Sequence[Sequence[int]], offsets: np.ndarray
+                 ) -> dict[str, np.ndarray]:
+    """``reduce_groups``' arrays -> {key: float32 (N, ΣC)}, tap i in columns offsets[i]:offsets[i + 1]."""
+    n_keys = len(REDUCED_KEYS)
+    first = values[0]
+    n = first.shape[0] // len(groups[0])
+    out = {k: np.empty((n, int(offsets[-1])), np.float32) for k in REDUCED_KEYS}
+    for gi, g in enumerate(groups):
+        for ki, k in enumerate(REDUCED_KEYS):
+            v = values[gi * n_keys + ki]
+            for j, i in enumerate(g):
+                out[k][:, offsets[i]:offsets[i + 1]] = v[j * n:(j + 1) * n]
+    return out
 
 
 def _reduce_large(t: tf.Tensor, p: int, c: int) -> list[tf.Tensor]:

@@ -20,12 +20,14 @@ import numpy as np
 
 from core.run.custom_objects import CUSTOM_OBJECTS_HINT, CustomObjects, missing_object, strip_training_only
 import core.run.keras_objects  # noqa: F401  registers the classes saved runs name, before any load
+from core.run.weightlayout import read_by_layout
 
 TRUST_HINT = ("Only load files you trust: pass --trust-code on the command line or tick "
               "\"I trust this file\" in the app.")
 KERAS_EXT = ".keras"
 WEIGHTS_EXT = ".weights.h5"
 H5_EXTS = (".h5", ".hdf5")
+_VARS = "model.weights.h5"  # the weights inside a .keras archive
 
 # Keras-level cloning and weight loading touch process-wide naming state; keep them serial.
 _LOCK = threading.Lock()
@@ -196,14 +198,15 @@ def load_model_file(path: str | Path, trust: bool = False, compile: bool = False
 
 
 def load_model_noted(path: str | Path, trust: bool = False, compile: bool = False,
-                     custom_objects: CustomObjects | None = None) -> LoadedModel:
+                     custom_objects: CustomObjects | None = None, weights: bool = True) -> LoadedModel:
     """Load a full model: Keras 3 ``.keras`` or legacy (Keras 2) ``.h5``/``.hdf5``.
 
     Lambda layers are detected before anything is deserialised; without ``trust`` they raise
     UnsafeModelError. ``safe_mode`` is on unless ``trust``. Initializers, regularizers and constraints
     Keras cannot rebuild (the user's code is absent) are left out of the config, no code runs for
     them; ``custom_objects`` (the user's code, loaded with trust) supply layers, activations and
-    losses. Every failure is a ModelLoadError.
+    losses. ``weights=False``: a ``.keras`` model keeps its initial values instead of the file's
+    (for a caller that passes every checkpoint's weights in itself). Every failure is a ModelLoadError.
     """
     p = Path(path)
     kind = file_kind(p)
@@ -235,8 +238,8 @@ def load_model_noted(path: str | Path, trust: bool = False, compile: bool = Fals
     objects = dict(custom_objects.objects) if custom_objects is not None else {}
     stripped, dropped = strip_training_only(config, objects)
     try:
-        if dropped:
-            model = _load_stripped(p, kind, stripped, objects, trust)
+        if dropped or (not weights and kind == "keras-model"):
+            model = _load_stripped(p, kind, stripped, objects, trust, weights)
         else:
             model = keras.saving.load_model(p, compile=compile, safe_mode=not trust, custom_objects=objects or None)
     except Exception as e:  # noqa: BLE001 - every loader failure becomes one explained error type
@@ -246,8 +249,10 @@ def load_model_noted(path: str | Path, trust: bool = False, compile: bool = Fals
     return LoadedModel(model, dropped)
 
 
-def _load_stripped(p: Path, kind: str, config: dict, objects: dict[str, Any], trust: bool) -> keras.Model:
-    """The model of ``p`` built from ``config`` (a cleaned copy of its own), with the file's weights."""
+def _load_stripped(p: Path, kind: str, config: dict, objects: dict[str, Any], trust: bool,
+                   weights: bool = True) -> keras.Model:
+    """The model of ``p`` built from ``config`` (a cleaned copy of its own), with the file's weights
+    (a ``.keras`` model without them unless ``weights``)."""
     with tempfile.TemporaryDirectory(prefix="ade-load-") as tmp:
         if kind == "h5-model":  # the legacy loader reads the config from the file: a copy carries the new one
             copy = Path(tmp) / "model.h5"
@@ -258,11 +263,12 @@ def _load_stripped(p: Path, kind: str, config: dict, objects: dict[str, Any], tr
         config = {k: v for k, v in config.items() if k != "compile_config"}
         with keras.saving.custom_object_scope(objects):
             model = keras.saving.deserialize_keras_object(config, safe_mode=not trust)
-        with zipfile.ZipFile(p) as z:
-            if "model.weights.h5" in z.namelist():
-                weights = Path(tmp) / "model.weights.h5"
-                weights.write_bytes(z.read("model.weights.h5"))
-                model.load_weights(weights)
+        if weights:
+            with zipfile.ZipFile(p) as z:
+                if _VARS in z.namelist():
+                    file = Path(tmp) / _VARS
+                    file.write_bytes(z.read(_VARS))
+                    model.load_weights(file)
         return model
 
 
@@ -321,7 +327,8 @@ def _check_keras3_shapes(path: Path, f: h5py.File, architecture: keras.Model) ->
             f"expected but absent: {sorted(missing.elements())[:10]})")
 
 
-def _check_keras_zip(path: Path, architecture: keras.Model) -> None:
+def _check_keras_zip(path: Path, architecture: keras.Model) -> bytes | None:
+    """Check a ``.keras`` checkpoint against ``architecture``; its weights file's bytes (None if it has none)."""
     config, _ = _read_keras_zip(path)
     in_file = _layer_names(config)
     missing = [n for n in _weighted_layers(architecture) if n not in in_file]
@@ -329,9 +336,12 @@ def _check_keras_zip(path: Path, architecture: keras.Model) -> None:
         raise ModelLoadError(f"{path}: checkpoint from another architecture; layers with weights not in the "
                              f"file: {missing[:20]}")
     with zipfile.ZipFile(path) as z:
-        if "model.weights.h5" in z.namelist():
-            with h5py.File(io.BytesIO(z.read("model.weights.h5")), "r") as f:
-                _check_keras3_shapes(path, f, architecture)
+        if _VARS not in z.namelist():
+            return None
+        data = z.read(_VARS)
+    with h5py.File(io.BytesIO(data), "r") as f:
+        _check_keras3_shapes(path, f, architecture)
+    return data
 
 
 def _private_clone(architecture: keras.Model) -> keras.Model:
@@ -348,20 +358,25 @@ def _private_clone(architecture: keras.Model) -> keras.Model:
     return clone
 
 
-def read_weights_file(path: str | Path, architecture: keras.Model) -> dict[str, np.ndarray]:
+def read_weights_file(path: str | Path, architecture: keras.Model, overwrite: bool = False
+                      ) -> dict[str, np.ndarray]:
     """Arrays of a foreign checkpoint keyed by the architecture's ``variable.path``.
 
     Accepts ``.weights.h5`` (Keras 3), legacy h5 weights, and full ``.keras``/``.h5`` models (their
     code is never deserialised, so Lambda layers are harmless here). Names/shapes are checked
     first because Keras matches weights by position and class; mismatches raise ModelLoadError.
+    The file is loaded into a private copy of ``architecture``, or with ``overwrite`` into
+    ``architecture`` itself, whose values are then undefined (no copy to build: for a caller
+    that never reads the model's own values, e.g. one passing weights as arguments).
     """
     p = Path(path)
     kind = file_kind(p)
     if kind == "savedmodel":
         raise ModelLoadError(f"{p}: SavedModel folders are not readable as checkpoints; re-save as .keras")
     load_kwargs: dict[str, Any] = {}
+    inner: bytes | None = None
     if kind == "keras-model":
-        _check_keras_zip(p, architecture)
+        inner = _check_keras_zip(p, architecture)
     else:
         with _open_h5(p) as f:
             if kind == "keras-weights":
@@ -376,12 +391,32 @@ def read_weights_file(path: str | Path, architecture: keras.Model) -> dict[str, 
         raise ModelLoadError(f"{p}: a .keras archive must be named *{KERAS_EXT} to be loaded")
     if kind in ("h5-model", "h5-weights") and not p.name.endswith(H5_EXTS):
         raise ModelLoadError(f"{p}: legacy HDF5 weights must be named *.h5 to be loaded")
-    with _LOCK:
-        clone = _private_clone(architecture)
+    with _LOCK, tempfile.TemporaryDirectory(prefix="ade-weights-") as tmp:
+        if inner is not None:
+            # Keras reads a .keras archive's weights through the zip, checksumming every small read;
+            # the same bytes as a file of their own load several times faster
+            p_load = Path(tmp) / _VARS
+            p_load.write_bytes(inner)
+        else:
+            p_load = p
+            inner = p.read_bytes() if kind == "keras-weights" else None
+        target = architecture if overwrite else _private_clone(architecture)
+        if target is not None and inner is not None:
+            got = read_by_layout(inner, architecture, target, Path(tmp))
+            if got is not None:
+                return got
+        if overwrite:
+            try:
+                architecture.load_weights(p_load, **load_kwargs)
+            except Exception as e:  # noqa: BLE001
+                raise ModelLoadError(f"{p}: weights do not fit architecture {architecture.name!r} "
+                                     f"({type(e).__name__}: {e})") from e
+            return {v.path: np.array(v.numpy()) for v in architecture.weights}
+        clone = target
         if clone is None:
-            return _read_via_borrowed(p, architecture, load_kwargs)
+            return _read_via_borrowed(p, p_load, architecture, load_kwargs)
         try:
-            clone.load_weights(p, **load_kwargs)
+            clone.load_weights(p_load, **load_kwargs)
         except Exception as e:  # noqa: BLE001
             _CLONES.pop(architecture, None)  # possibly half-loaded; never reuse it
             raise ModelLoadError(f"{p}: weights do not fit architecture {architecture.name!r} "
@@ -392,15 +427,17 @@ def read_weights_file(path: str | Path, architecture: keras.Model) -> dict[str, 
         return {a.path: np.array(c.numpy()) for a, c in zip(architecture.weights, clone.weights)}
 
 
-def _read_via_borrowed(p: Path, model: keras.Model, load_kwargs: dict[str, Any]) -> dict[str, np.ndarray]:
-    """Load into ``model`` itself and restore its weights (caller holds _LOCK).
+def _read_via_borrowed(p: Path, p_load: Path, model: keras.Model, load_kwargs: dict[str, Any]
+                       ) -> dict[str, np.ndarray]:
+    """Load ``p`` (from ``p_load``, the same weights) into ``model`` itself and restore its weights
+    (caller holds _LOCK).
 
     Safe for the engine, whose forward pass takes weights as arguments and never
     reads the model's own variables.
     """
     saved = [np.array(v.numpy()) for v in model.weights]
     try:
-        model.load_weights(p, **load_kwargs)
+        model.load_weights(p_load, **load_kwargs)
         return {v.path: np.array(v.numpy()) for v in model.weights}
     except Exception as e:  # noqa: BLE001
         raise ModelLoadError(f"{p}: weights do not fit architecture {model.name!r} "

@@ -109,7 +109,7 @@ def test_resize_gates_equal_a_plain_submodel_on_tf_image_resize(transfer_folder:
     # the independent computation: decode with TensorFlow, tf.image.resize, a plain Keras sub-model
     pixels = tf.io.decode_png(tf.io.read_file(str(image)), channels=3)
     resized = tf.image.resize(pixels[None], (48, 48))
-    base = engine.model.layers[0]
+    base = run.load_model().layers[0]  # the architecture file holds the first checkpoint's values
     inner = build_graph(base)
     plain = keras.Model(base.inputs, [inner.outputs[id(inner.op_named(g.split("/", 1)[1]))] for g in gates])
     for g, ref in zip(gates, plain(resized)):
