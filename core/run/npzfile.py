@@ -1,4 +1,4 @@
-"""Reading ``.npz`` archives of a run without pickle, checking what every member declares before reading it.
+"""Reading ``.npz`` archives of a run without pickle, checking what each member declares before reading it.
 
 An archive member declares its shape and dtype in a small header; a compressed member
 can declare gigabytes and hold a few megabytes (an "npz bomb"). The header is read
@@ -13,7 +13,7 @@ import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Collection
+from typing import IO, Collection
 
 import numpy as np
 from numpy.lib import format as npformat
@@ -43,23 +43,48 @@ class Member:
         return int(np.prod(self.shape, dtype=np.float64)) * self.dtype.itemsize
 
 
-def _header(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> Member:
-    key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+def _key(info: zipfile.ZipInfo) -> str:
+    return info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+
+
+def _read_header(f: IO[bytes], info: zipfile.ZipInfo) -> tuple[Member, bool]:
+    """The member's declaration from its open stream (left at the array data), and its Fortran order."""
+    key = _key(info)
     try:
-        with zf.open(info) as f:
-            version = npformat.read_magic(f)
-            if version == (1, 0):
-                shape, _, dtype = npformat.read_array_header_1_0(f)
-            elif version == (2, 0):
-                shape, _, dtype = npformat.read_array_header_2_0(f)
-            else:
-                raise NpzError(f"member {key!r}: unsupported .npy format version {version}")
+        version = npformat.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = npformat.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = npformat.read_array_header_2_0(f)
+        else:
+            raise NpzError(f"member {key!r}: unsupported .npy format version {version}")
     except NpzError:
         raise
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise NpzError(f"member {key!r}: unreadable header ({type(e).__name__}: {e})") from None
     return Member(key, tuple(int(s) for s in shape), np.dtype(dtype), info.compress_size,
-                  info.compress_type != zipfile.ZIP_STORED)
+                  info.compress_type != zipfile.ZIP_STORED), bool(fortran)
+
+
+def _open_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, size: int) -> IO[bytes]:
+    if info.compress_size > size:
+        raise NpzError(f"member {info.filename!r} claims more bytes than the file has: truncated or forged")
+    return zf.open(info)
+
+
+def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, size: int) -> np.ndarray:
+    """One member's array, its header checked before its data is read (one pass over the member)."""
+    with _open_member(zf, info, size) as f:
+        m, fortran = _read_header(f, info)
+        check_member(m)
+        buf = bytearray(m.nbytes)  # writable, as np.load's arrays are
+        view, done = memoryview(buf), 0
+        while done < len(buf):
+            n = f.readinto(view[done:])
+            if not n:
+                raise NpzError(f"member {m.key!r} ends after {done} of its {m.nbytes} bytes: truncated")
+            done += n
+    return np.frombuffer(buf, m.dtype).reshape(m.shape, order="F" if fortran else "C")
 
 
 def check_member(m: Member) -> None:
@@ -77,35 +102,38 @@ def check_member(m: Member) -> None:
                        f"{m.stored_bytes}: truncated or forged")
 
 
+def _zip(path: str | os.PathLike) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, EOFError, ValueError) as e:
+        raise NpzError(f"not an npz archive ({type(e).__name__}: {e})") from None
+
+
 def members(path: str | os.PathLike) -> dict[str, Member]:
     """Every member's declared shape and dtype, checked (no array data is read)."""
     size = os.stat(path).st_size
-    try:
-        zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, EOFError, ValueError) as e:
-        raise NpzError(f"not an npz archive ({type(e).__name__}: {e})") from None
-    with zf:
+    with _zip(path) as zf:
         out = {}
         for info in zf.infolist():
-            if info.compress_size > size:
-                raise NpzError(f"member {info.filename!r} claims more bytes than the file has: truncated or forged")
-            m = _header(zf, info)
+            with _open_member(zf, info, size) as f:
+                m, _fortran = _read_header(f, info)
             check_member(m)
             out[m.key] = m
         return out
 
 
 def read_npz(path: str | os.PathLike, names: Collection[str] | None = None) -> dict[str, np.ndarray]:
-    """The arrays of ``path`` (only those in ``names``, if given), each checked by its header first.
+    """The arrays of ``path`` (only those in ``names``, if given), each checked by its header before
+    its data is read.
 
     Raises NpzError (damage or a refused member), FileNotFoundError, or OSError.
     """
     path = Path(path)
     try:
-        declared = members(path)
-        keys = [k for k in declared if names is None or k in names]
-        with np.load(path, allow_pickle=False) as z:
-            return {k: np.asarray(z[k]) for k in keys}
+        size = os.stat(path).st_size
+        with _zip(path) as zf:
+            return {_key(info): _read_member(zf, info, size) for info in zf.infolist()
+                    if names is None or _key(info) in names}
     except (NpzError, FileNotFoundError):
         raise
     except (ValueError, zipfile.BadZipFile, EOFError, KeyError) as e:
