@@ -44,13 +44,18 @@ class Follower:
 
     def check(self) -> None:
         from core.run.remote import RemoteError
-        from core.run.runs import parse_history, parse_manifest
+        from core.run.runs import RESUME_DIR, parse_history, parse_manifest
         from pathlib import Path
 
         path = self.url.removeprefix("s3://")
         self.fs.invalidate_cache()
         for key in self.fs.find(path):
-            data = self.fs.cat_file(key)
+            try:
+                data = self.fs.cat_file(key)
+            except FileNotFoundError:  # deleted since the listing: only the optimizer state of older checkpoints may go
+                if f"/{RESUME_DIR}/" not in key and key.rstrip("/") != path:  # (the run's own prefix, before any object)
+                    self.bad.append(f"{key}: listed, then gone")
+                continue
             try:
                 if key.endswith(".npz"):
                     with np.load(io.BytesIO(data), allow_pickle=False) as z:
