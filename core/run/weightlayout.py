@@ -15,7 +15,7 @@ LAYOUTS: "weakref.WeakKeyDictionary[keras.Model, dict[tuple, tuple[str, ...] | N
 
 
 def read_by_layout(data: bytes, architecture: keras.Model, target: keras.Model, tmp: Path
-                    ) -> dict[str, np.ndarray] | None:
+                   ) -> dict[str, np.ndarray] | None:
     """The arrays of a Keras 3 weights file (its bytes) read straight from its datasets, by the layout
     Keras loads them in; None when it cannot be learnt. Keras walks every layer's attributes to
     load a file: several times the time of reading its datasets (the caller serialises Keras loads)."""
