@@ -392,29 +392,24 @@ def read_weights_file(path: str | Path, architecture: keras.Model, overwrite: bo
     if kind in ("h5-model", "h5-weights") and not p.name.endswith(H5_EXTS):
         raise ModelLoadError(f"{p}: legacy HDF5 weights must be named *.h5 to be loaded")
     with _LOCK, tempfile.TemporaryDirectory(prefix="ade-weights-") as tmp:
-        if inner is not None:
-            # Keras reads a .keras archive's weights through the zip, checksumming every small read;
-            # the same bytes as a file of their own load several times faster
-            p_load = Path(tmp) / _VARS
-            p_load.write_bytes(inner)
-        else:
-            p_load = p
-            inner = p.read_bytes() if kind == "keras-weights" else None
+        if kind == "keras-weights":
+            inner = p.read_bytes()
         target = architecture if overwrite else _private_clone(architecture)
         if target is not None and inner is not None:
             got = read_by_layout(inner, architecture, target, Path(tmp))
             if got is not None:
                 return got
+        p_load = p
+        if kind == "keras-model" and inner is not None:
+            # Keras reads a .keras archive's weights through the zip, checksumming every small read;
+            # the same bytes as a file of their own load several times faster
+            p_load = Path(tmp) / _VARS
+            p_load.write_bytes(inner)
         if overwrite:
-            try:
-                architecture.load_weights(p_load, **load_kwargs)
-            except Exception as e:  # noqa: BLE001
-                raise ModelLoadError(f"{p}: weights do not fit architecture {architecture.name!r} "
-                                     f"({type(e).__name__}: {e})") from e
-            return {v.path: np.array(v.numpy()) for v in architecture.weights}
+            return _read_into(p, p_load, architecture, load_kwargs, restore=False)
         clone = target
         if clone is None:
-            return _read_via_borrowed(p, p_load, architecture, load_kwargs)
+            return _read_into(p, p_load, architecture, load_kwargs, restore=True)
         try:
             clone.load_weights(p_load, **load_kwargs)
         except Exception as e:  # noqa: BLE001
@@ -427,15 +422,15 @@ def read_weights_file(path: str | Path, architecture: keras.Model, overwrite: bo
         return {a.path: np.array(c.numpy()) for a, c in zip(architecture.weights, clone.weights)}
 
 
-def _read_via_borrowed(p: Path, p_load: Path, model: keras.Model, load_kwargs: dict[str, Any]
-                       ) -> dict[str, np.ndarray]:
-    """Load ``p`` (from ``p_load``, the same weights) into ``model`` itself and restore its weights
-    (caller holds _LOCK).
+def _read_into(p: Path, p_load: Path, model: keras.Model, load_kwargs: dict[str, Any], restore: bool
+               ) -> dict[str, np.ndarray]:
+    """Load ``p`` (from ``p_load``, the same weights) into ``model`` itself; with ``restore`` its own
+    values are put back afterwards (caller holds _LOCK).
 
     Safe for the engine, whose forward pass takes weights as arguments and never
     reads the model's own variables.
     """
-    saved = [np.array(v.numpy()) for v in model.weights]
+    saved = [np.array(v.numpy()) for v in model.weights] if restore else []
     try:
         model.load_weights(p_load, **load_kwargs)
         return {v.path: np.array(v.numpy()) for v in model.weights}
