@@ -53,12 +53,13 @@ def make_bench_run(root: Path, name: str, arch, n_ckpt: int, n_probe: int, seed:
     return root / name
 
 
-def time_floor_and_sweeps(run_dir: Path, repeats: int = 3) -> tuple[float, float, float]:
+def time_floor_and_sweeps(run_dir: Path, repeats: int = 3, full: bool = True) -> tuple[float, float, float]:
     """Seconds per checkpoint of (floor, sweep with statistics only, full sweep), best of ``repeats``.
 
     floor = weights read + one traced forward pass returning every tap of the probe batch.
     The three are measured in turns, so machine noise hits each alike; best-of is the
-    usual estimate of what the code costs when nothing else interferes.
+    usual estimate of what the code costs when nothing else interferes. Without ``full``
+    the full sweep is not run (its time is NaN).
     """
     from core.engine.engine import RunEngine
     from core.run.runs import Run
@@ -78,9 +79,9 @@ def time_floor_and_sweeps(run_dir: Path, repeats: int = 3) -> tuple[float, float
     def sweep_with(opts: SweepOptions):
         return lambda: sweep(run, engine=eng, options=opts, use_cache=False)
 
-    fns = [floor, sweep_with(stats), sweep_with(SweepOptions())]
-    for opts in (stats, SweepOptions()):  # trace every compiled function once
-        sweep(run, engine=eng, options=opts, mini_epochs=[0], use_cache=False)
+    fns = [floor, sweep_with(stats)] + ([sweep_with(SweepOptions())] if full else [])
+    for opts in (stats, SweepOptions()) if full else (stats,):  # trace every compiled function once
+        sweep(run, engine=eng, options=opts, mini_epochs=[ckpts[0].mini_epoch], use_cache=False)
     floor()
     best = [float("inf")] * len(fns)
     for _ in range(repeats):
@@ -89,8 +90,9 @@ def time_floor_and_sweeps(run_dir: Path, repeats: int = 3) -> tuple[float, float
             t = time.perf_counter()
             fn()
             best[i] = min(best[i], (time.perf_counter() - t) / len(ckpts))
-    f, s, full = best
-    return f, s, full
+    best += [float("nan")] * (3 - len(best))
+    f, s, whole = best
+    return f, s, whole
 
 
 def time_naive(run_dir: Path, n: int) -> float:
@@ -214,7 +216,7 @@ def bench_ray(root: Path, workers: int, quick: bool) -> dict:
             "overhead_pct_of_floor": overhead / floor * 100, "fixed_s": fixed}
 
 
-def _foreign_run(root: Path, name: str, size: int, n_ckpt: int = 3, n_probe: int = 8) -> Path:
+def _foreign_run(root: Path, name: str, size: int, n_ckpt: int = 6, n_probe: int = 8) -> Path:
     """A run imported (core.training.importer) from ``n_ckpt`` .keras files of keras.applications.``name``."""
     import keras
     from PIL import Image
@@ -235,13 +237,14 @@ def _foreign_run(root: Path, name: str, size: int, n_ckpt: int = 3, n_probe: int
     return import_checkpoints(src, root / "runs", name, probes=[probes]).run
 
 
-def bench_foreign(root: Path, names: list[str], size: int = 224) -> list[dict]:
-    """``--foreign``: first sweep checkpoint of an imported keras.applications model vs a plain trace.
+def first_checkpoint(run_dir: Path, name: str, size: int) -> dict:
+    """One fresh process's first sweep checkpoint of ``run_dir`` against a plain trace of keras.applications.``name``.
 
     plain = build the model (weights=None) + tf.function trace + first call on the probe batch;
     first = RunEngine (load the architecture, find taps and SE blocks) + sweep of the first
-    checkpoint (statistics only, no cache). Plain is timed just before and just after ours in
-    the same process, so machine load hits both alike; later checkpoints as ``bench_case``.
+    checkpoint (statistics only, no cache). Plain is timed just before and just after ours,
+    so machine load hits both alike; a first plain run takes the first-use costs of TensorFlow
+    and Keras, which are nobody's.
     """
     import keras
     import tensorflow as tf
@@ -250,7 +253,7 @@ def bench_foreign(root: Path, names: list[str], size: int = 224) -> list[dict]:
     from core.engine.engine import RunEngine
     from core.run.runs import Run
 
-    def plain(name: str, x: np.ndarray) -> float:
+    def plain(x: np.ndarray) -> float:
         gc.collect()  # the garbage of the previous measurement (models hold reference cycles) is neither's cost
         t = time.perf_counter()
         model = getattr(keras.applications, name)(weights=None, input_shape=(size, size, 3))
@@ -258,30 +261,52 @@ def bench_foreign(root: Path, names: list[str], size: int = 224) -> list[dict]:
         return time.perf_counter() - t
 
     tf.get_logger().setLevel("ERROR")  # each plain trace is a new tf.function by design: no retracing warnings
+    run = Run(run_dir)
+    x = np.zeros((len(run.probes()[0]), size, size, 3), "float32")
+    plain(x)
+    before = plain(x)
+    gc.collect()
+    t = time.perf_counter()
+    eng = RunEngine(run)
+    sweep(run, engine=eng, options=SweepOptions(train_mode=False, gradients=False),
+          mini_epochs=[run.checkpoints()[0].mini_epoch], use_cache=False)
+    first = time.perf_counter() - t
+    after = plain(x)
+    return {"plain_s": [before, after], "first_s": first, "first/plain": first / ((before + after) / 2),
+            "taps": len(eng.taps), "probes": len(x)}
+
+
+def bench_foreign(root: Path, names: list[str], size: int = 224, processes: int = 3) -> list[dict]:
+    """``--foreign``: the first sweep checkpoint of an imported keras.applications model vs a plain trace,
+    in ``processes`` fresh processes (a first checkpoint happens once per process), and later
+    checkpoints against the floor as ``bench_case`` measures them."""
+    from core.run.runs import Run
+
     out = []
     for name in names:
-        run = Run(_foreign_run(root, name, size))
-        x = np.zeros((len(run.probes()[0]), size, size, 3), "float32")
-        plain(name, x)  # warm-up: first-use costs of TensorFlow and Keras are nobody's
-        before = plain(name, x)
-        gc.collect()
-        t = time.perf_counter()
-        eng = RunEngine(run)
-        first_me = run.checkpoints()[0].mini_epoch
-        sweep(run, engine=eng, options=SweepOptions(train_mode=False, gradients=False), mini_epochs=[first_me],
-              use_cache=False)
-        first = time.perf_counter() - t
-        after = plain(name, x)
-        ref = (before + after) / 2
-        floor, stats_only, _full = time_floor_and_sweeps(run.path, repeats=2)
-        print(f"\n== {name} {size} px, weights=None, {len(x)} probe images, {len(eng.taps)} taps")
-        print(f"  plain trace + first call  {before:6.2f} s before, {after:6.2f} s after ours")
-        print(f"  first sweep checkpoint    {first:6.2f} s = {first / ref:5.2f} x plain (target <= 2)")
-        print(f"  later: floor {floor * 1e3:7.0f} ms/ckpt, sweep {stats_only * 1e3:7.0f} ms/ckpt = "
+        run_dir = _foreign_run(root, name, size)
+        firsts = []
+        for _ in range(processes):
+            code = (f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import bench_sweep; "
+                    f"print(json.dumps(bench_sweep.first_checkpoint(bench_sweep.Path({str(run_dir)!r}), "
+                    f"{name!r}, {size})))")
+            got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+            firsts.append(json.loads(got.stdout.strip().splitlines()[-1]))
+        floor, stats_only, _ = time_floor_and_sweeps(run_dir, repeats=5, full=False)
+        ratios = sorted(f["first/plain"] for f in firsts)
+        print(f"\n== {name} {size} px, weights=None, {firsts[0]['probes']} probe images, {firsts[0]['taps']} taps, "
+              f"{len(Run(run_dir).checkpoints())} checkpoints")
+        for i, f in enumerate(firsts, 1):
+            b, a = f["plain_s"]
+            print(f"  process {i}: plain trace + first call {b:5.2f} s before, {a:5.2f} s after ours; "
+                  f"first sweep checkpoint {f['first_s']:5.2f} s = {f['first/plain']:4.2f} x plain")
+        print(f"  first sweep checkpoint: median {ratios[len(ratios) // 2]:4.2f} x plain, range "
+              f"{ratios[0]:4.2f}-{ratios[-1]:4.2f} (target <= 2)")
+        print(f"  later (best of 5): floor {floor * 1e3:7.0f} ms/ckpt, sweep {stats_only * 1e3:7.0f} ms/ckpt = "
               f"{stats_only / floor:5.2f} x floor (target <= 1.3)")
-        out.append({"case": f"foreign-{name}-{size}px", "plain_s": [before, after], "first_s": first,
-                    "first/plain": first / ref, "floor_ms": floor * 1e3, "sweep_ms": stats_only * 1e3,
-                    "sweep/floor": stats_only / floor})
+        out.append({"case": f"foreign-{name}-{size}px", "first": firsts,
+                    "first/plain_median": ratios[len(ratios) // 2], "floor_ms": floor * 1e3,
+                    "sweep_ms": stats_only * 1e3, "sweep/floor": stats_only / floor})
     return out
 
 

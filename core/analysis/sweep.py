@@ -382,12 +382,10 @@ class _Sweep:
             return f"mini-epoch {me} (cached)"
         fut = self.ahead.pop(i, None)
         if fut is None:
-            if not act_ok:  # tracing holds the interpreter, as reading does: trace first
-                self.engine.extractor.prepare_reduced(self.maker.raw, execute=False)
             fut = self.reader.submit(self.load, c)
-        self.read_ahead(i + 1)
-        if not act_ok:  # the graph's optimisation on first execution runs while the checkpoint is read
+        if not act_ok:  # the first checkpoint is read while the forward pass is traced
             self.engine.extractor.prepare_reduced(self.maker.raw)
+        self.read_ahead(i + 1)
         try:
             weights, wv = fut.result()
             if not act_ok and isinstance(wv, ValueError):

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Collection, Iterable, Iterator, Mapping
+from typing import Collection, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -156,12 +156,11 @@ _WEIGHT_COLUMNS = ["mini_epoch", "layer", "variable", "norm", "dist_from_init", 
 class Selected(dict):
     """Selected float arrays of one checkpoint (path -> array), as :func:`weight_rows` returns them.
 
-    Also holds the arrays' float64 concatenation and per-array L2 norms once computed,
-    so the next checkpoint's update ratios and every distance from init reuse them.
+    Also holds the arrays' L2 norms once computed, so the next checkpoint's update ratios
+    and every distance from init reuse them.
     """
 
-    flat: np.ndarray | None = None  # float64 (Σ size,) in key order
-    l2: np.ndarray | None = None  # (n_arrays,) finite-entry L2 norms
+    l2: np.ndarray | None = None  # (n_arrays,) finite-entry L2 norms, in key order
 
 
 def select(w: Weights, names: Collection[str] | None = TRAINABLE_NAMES) -> Selected:
@@ -169,27 +168,50 @@ def select(w: Weights, names: Collection[str] | None = TRAINABLE_NAMES) -> Selec
     return Selected(_selected(w, names))
 
 
-def _flat(sel: Mapping[str, np.ndarray], like: Mapping[str, np.ndarray]) -> np.ndarray | None:
-    """float64 concatenation of ``sel``'s arrays in ``like``'s order; None unless keys and shapes match.
+#: float64 values :func:`_sum_squares` converts at a time: a buffer this size is reused for every
+#: array, where a float64 copy of every weight at once would be written to fresh memory.
+_CHUNK = 2 ** 18
 
-    Cached on ``sel`` when it is a ``Selected`` with exactly ``like``'s keys.
+
+def _sum_squares(arrays: list[np.ndarray], minus: Sequence[list[np.ndarray]] = ()) -> np.ndarray:
+    """float64 (1 + len(minus), len(arrays)): row 0 the sum of squares of each array, row k that of
+    ``arrays[i] - minus[k - 1][i]``; NaN/Inf propagate. Each array is converted to float64 once.
+
+    ``einsum``, not ``dot``: BLAS would start its own threads, which then compete with the forward
+    pass running beside this in the sweep.
     """
-    same = isinstance(sel, Selected) and list(sel) == list(like) and all(
-        np.shape(sel[k]) == like[k].shape for k in like)
-    if same and sel.flat is not None:
-        return sel.flat
-    arrs = [sel.get(k) for k in like]
-    if any(a is None or np.shape(a) != like[k].shape for a, k in zip(arrs, like)):
-        return None
-    v = np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in arrs])
-    if same:
-        sel.flat = v
-    return v
+    biggest = max(a.size for a in arrays)
+    buf = np.empty((2, min(biggest, _CHUNK)), np.float64)
+    out = np.zeros((1 + len(minus), len(arrays)), np.float64)
+    for i, a in enumerate(arrays):
+        a = a.reshape(-1)
+        refs = [m[i].reshape(-1) for m in minus]
+        for lo in range(0, a.size, _CHUNK):
+            hi = min(lo + _CHUNK, a.size)
+            v, d = buf[0, :hi - lo], buf[1, :hi - lo]
+            v[...] = a[lo:hi]
+            out[0, i] += np.einsum("i,i->", v, v)
+            for k, b in enumerate(refs, 1):
+                np.subtract(v, b[lo:hi], out=d)
+                out[k, i] += np.einsum("i,i->", d, d)
+    return out
 
 
-def _segment_ss(v: np.ndarray, starts: np.ndarray) -> np.ndarray:
-    """Sum of squares of each segment of ``v`` (segments start at ``starts``, none empty)."""
-    return np.add.reduceat(v * v, starts)
+def _reference(ref: Weights, cur: Selected) -> tuple[list[np.ndarray] | None, np.ndarray | None]:
+    """``ref``'s arrays in ``cur``'s order (None unless every one is there with its shape) and their norms
+    (None when not all finite); norms are cached on a ``Selected``."""
+    arrays = [ref.get(k) for k in cur]
+    if any(a is None or np.shape(a) != cur[k].shape for a, k in zip(arrays, cur)):
+        return None, None
+    arrays = [np.asarray(a) for a in arrays]
+    same = isinstance(ref, Selected) and list(ref) == list(cur)
+    l2 = ref.l2 if same else None
+    if l2 is None:
+        ss = _sum_squares(arrays)[0]
+        l2 = np.sqrt(ss) if np.isfinite(ss).all() else None
+        if same:
+            ref.l2 = l2
+    return arrays, l2
 
 
 def weight_rows(
@@ -205,43 +227,31 @@ def weight_rows(
     For callers that read each checkpoint once and compute several tables from it.
     ``prev`` is the previous checkpoint (None: no update columns, NaN). Pass the
     returned ``Selected`` back as ``prev`` (and a ``Selected`` of the first checkpoint
-    as ``init``) and the norms are computed once per checkpoint, with one set of
-    segment reductions over all variables instead of a loop over them.
+    as ``init``) and each checkpoint's norms are computed once.
     """
     cur = Selected(_selected(w, names))
     if not cur:
         return [], cur
-    sizes = np.array([a.size for a in cur.values()], dtype=np.int64)
-    if (sizes == 0).any():
+    arrays = list(cur.values())
+    if any(a.size == 0 for a in arrays):
         return _weight_rows_loop(mini_epoch, cur, init, prev), cur
-    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    x = np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in cur.values()])
-    cur.flat = x
-    ss = _segment_ss(x, starts)
+    given, norms_ref = [], []
+    for ref in (init, prev):
+        if ref is None or not len(ref):
+            continue
+        ref_arrays, l2 = _reference(ref, cur)
+        if ref_arrays is None or l2 is None:  # a variable missing or reshaped, or NaN/Inf: per variable
+            return _weight_rows_loop(mini_epoch, cur, init, prev), cur
+        given.append(ref_arrays)
+        norms_ref.append(l2)
+    ss = _sum_squares(arrays, given)
     if not np.isfinite(ss).all():  # NaN/Inf: the exact masked per-variable path
         return _weight_rows_loop(mini_epoch, cur, init, prev), cur
-    cur.l2 = np.sqrt(ss)
-    refs = []
-    for ref in (init, prev):
-        v = _flat(ref, cur) if ref is not None else None
-        if v is None:
-            refs.append((None, None))
-            continue
-        cached = isinstance(ref, Selected) and v is ref.flat
-        l2 = ref.l2 if cached else None
-        if l2 is None:
-            ss_ref = _segment_ss(v, starts)
-            l2 = np.sqrt(ss_ref) if np.isfinite(ss_ref).all() else None
-            if cached:
-                ref.l2 = l2
-        if l2 is None:  # NaN/Inf in the reference
-            refs.append((None, None))
-            continue
-        refs.append((np.sqrt(_segment_ss(x - v, starts)), l2))
-    if any(r[0] is None for r, ref in zip(refs, (init, prev)) if ref is not None and len(ref)):
-        return _weight_rows_loop(mini_epoch, cur, init, prev), cur
+    cur.l2 = np.sqrt(ss[0])
     nan = np.full(len(cur), np.nan)
-    (dist, l2_init), (upd, l2_prev) = [(d, n) if d is not None else (nan, nan) for d, n in refs]
+    found = iter(zip(np.sqrt(ss[1:]), norms_ref))
+    (dist, l2_init), (upd, l2_prev) = [next(found) if ref is not None and len(ref) else (nan, nan)
+                                       for ref in (init, prev)]
     with np.errstate(divide="ignore", invalid="ignore"):
         rel = np.where(l2_init > 0, dist / np.where(l2_init > 0, l2_init, 1.0), np.nan)
         ratio = np.where(l2_prev > 0, upd / np.where(l2_prev > 0, l2_prev, 1.0), np.nan)

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from core.engine.reductions import Reduced, positions_per_channel, reduce_groups, stack_groups, tap_groups
+from core.engine.reductions import Block, Reduced, positions_per_channel, reduce_groups, tap_groups, unpack
 from core.engine.se import SEBlock, build_graph, op_class
 from core.engine.taps import Tap, VirtualLogits, list_tappable, tap_table
 
@@ -97,8 +97,7 @@ class Extractor:
         self._forward: Any = None  # traced on first ``run``: a sweep needs only ``run_reduced``'s function
         self._forward_train: Any = None
         self._grad_fns: dict[bool, Any] = {}
-        self._reduced_fns: dict[tuple[str, ...], tuple[Any, list[list[int]]]] = {}
-        self._reduced_ready: set[tuple[str, ...]] = set()  # executed once (``prepare_reduced``)
+        self._reduced_fns: dict[tuple[str, ...], tuple[Any, list[Block]]] = {}
         self._tap_positions = {t.name: positions_per_channel(t.shape) for t in table}
         shape = {t.name: t.shape for t in table}
         # layout of run_reduced's stacked statistics: tap i owns columns offsets[i]:offsets[i + 1]
@@ -181,53 +180,38 @@ class Extractor:
         graph small, and their small results are put in tap order in numpy.
         """
         raw = tuple(t for t in raw if t in self.taps)
-        fn, groups = self._reduced_fn(raw)
-        grouped, raws = fn(*self._prepare(weights, x))
+        fn, blocks = self._reduced_fn(raw)
+        trainable, non_trainable, xt = self._prepare(weights, x)
+        stats, raws = fn(trainable, non_trainable, xt)
         red = Reduced(tuple(self.taps), self._red_offsets, self._red_totals,
-                      stack_groups([v.numpy() for v in grouped], groups, self._red_offsets))
+                      unpack([v.numpy() for v in stats], blocks, int(xt.shape[0]), self._red_offsets, self._red_totals))
         return red, {name: v.numpy() for name, v in zip(raw, raws)}
 
-    def prepare_reduced(self, raw: Sequence[str] = (), execute: bool = True) -> None:
-        """Trace ``run_reduced``'s function for ``raw`` and (``execute``) run it once on one zero image.
+    def prepare_reduced(self, raw: Sequence[str] = ()) -> None:
+        """Trace ``run_reduced``'s function for ``raw`` now (it is otherwise traced on first use)."""
+        self._reduced_fn(tuple(t for t in raw if t in self.taps))
 
-        The first execution of a traced graph pays for its optimisation, mostly outside the
-        Python interpreter: done here, it can overlap Python work in another thread (reading a
-        checkpoint), which tracing cannot. The model's own variable values serve as weights:
-        any values of the right shapes do.
-        """
-        raw = tuple(t for t in raw if t in self.taps)
-        fn, _groups = self._reduced_fn(raw)
-        if not execute:
-            return
-        with self._lock:
-            if raw in self._reduced_ready:
-                return
-            self._reduced_ready.add(raw)
-        own = [tf.convert_to_tensor(v.numpy()) for v in self._vars]
-        zero = tf.zeros((1, *self._x_spec.shape[1:]), self._x_spec.dtype)
-        fn(own[:len(self._train_vars)], own[len(self._train_vars):], zero)
-
-    def _reduced_fn(self, raw: tuple[str, ...]) -> tuple[Any, list[list[int]]]:
-        """``run_reduced``'s traced function for ``raw`` and its tap groups (traced on first use)."""
+    def _reduced_fn(self, raw: tuple[str, ...]) -> tuple[Any, list[Block]]:
+        """``run_reduced``'s traced function for ``raw`` and the layout of its statistics (traced on first use)."""
         with self._lock:
             got = self._reduced_fns.get(raw)
             if got is None:
-                groups: list[list[int]] = []
-                fn = tf.function(self._reduced_body(raw, groups), input_signature=[*self._weight_spec, self._x_spec],
+                blocks: list[Block] = []
+                fn = tf.function(self._reduced_body(raw, blocks), input_signature=[*self._weight_spec, self._x_spec],
                                  autograph=False)
                 fn.get_concrete_function()
-                got = self._reduced_fns[raw] = (fn, groups)
+                got = self._reduced_fns[raw] = (fn, blocks)
             return got
 
-    def _reduced_body(self, raw: tuple[str, ...], groups: list[list[int]]) -> Any:
-        """The traced function of ``run_reduced``; fills ``groups`` (``tap_groups`` of the traced taps) when traced."""
+    def _reduced_body(self, raw: tuple[str, ...], blocks: list[Block]) -> Any:
+        """The traced function of ``run_reduced``; fills ``blocks`` (``reduce_groups``' layout) when traced."""
         forward = self._forward_body(training=False)
 
         def body(trainable, non_trainable, x):
             outs = forward(trainable, non_trainable, x)
             by_name = dict(zip(self.taps, outs))
-            groups[:] = tap_groups([tuple(t.shape) for t in outs])
-            return reduce_groups(outs, groups), [by_name[n] for n in raw]
+            stats, blocks[:] = reduce_groups(outs, tap_groups([tuple(t.shape) for t in outs]))
+            return stats, [by_name[n] for n in raw]
 
         return body
 

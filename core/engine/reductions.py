@@ -20,43 +20,96 @@ def positions_per_channel(shape: tuple[int | None, ...]) -> int:
     return p
 
 
-#: Per-probe size (positions x channels) from which sums run as matrix products and min/max as
-#: pooling: oneDNN's kernels beat TensorFlow's middle-axis reductions on large maps and lose on
-#: small ones (bench/bench_sweep.py compares the forward time at 224 px and 64 px).
+#: Per-probe size (positions x channels) from which sums run as matrix products: oneDNN's kernels
+#: beat TensorFlow's middle-axis sums on large maps and lose on small ones (bench/bench_sweep.py
+#: compares the forward time at 224 px and 64 px).
 LARGE_TAP = 32768
 
 
-def reduce_tap(t: tf.Tensor) -> list[tf.Tensor]:
-    """(N, ..., C) -> per (N, C), in ``REDUCED_KEYS`` order: sum, M2, |x| sum, min, max, zeros.
+@dataclass(frozen=True)
+class Block:
+    """One output of ``reduce_groups``: taps ``taps`` (rows j*N:(j+1)*N are tap ``taps[j]``'s), for each
+    row ``keys`` side by side, ``width`` channels each; ``unpack`` turns the keys into ``REDUCED_KEYS``.
+
+    Keys besides ``REDUCED_KEYS``: ``value`` (a tap with one value per channel: the value gives every
+    statistic) and ``nonzero`` (n_zero = positions - nonzero).
+    """
+
+    taps: tuple[int, ...]
+    keys: tuple[str, ...]
+    width: int
+
+
+class Consts:
+    """Constants shared by the reductions of one traced graph: every ``tf.constant`` is one more graph op."""
+
+    def __init__(self) -> None:
+        self._made: dict[tuple, tf.Tensor] = {}
+
+    def get(self, key: tuple, make: Any) -> tf.Tensor:
+        if key not in self._made:
+            self._made[key] = tf.constant(make())
+        return self._made[key]
+
+    def axis(self, a: int) -> tf.Tensor:
+        return self.get(("axis", a), lambda: np.int32(a))
+
+    def ones(self, p: int) -> tf.Tensor:
+        return self.get(("ones", p), lambda: np.ones((1, 1, p), np.float32))
+
+    def positions(self, p: int) -> tf.Tensor:
+        return self.get(("positions", p), lambda: np.float32(p))
+
+
+def reduce_tap(t: tf.Tensor, k: Consts | None = None) -> list[tuple[tuple[str, ...], tf.Tensor]]:
+    """(N, ..., C) -> [(keys, statistics)], each statistics tensor laid out as (N, ..., len(keys) * C).
 
     Assumes finite values (cheap passes, small graph). A NaN or Inf makes the sum
     non-finite; ``Extractor.run_reduced`` callers detect that and recompute the tap
     from raw values with ``core.analysis.stats.moments``, which masks them.
-    Static shapes are used where known: every dynamic shape step is several more graph ops,
-    and with a hundred taps the ops' count sets the time to trace and optimise the graph.
+    Every graph op counts: with a hundred taps the ops' count sets the time to trace and
+    optimise the graph. So static shapes are used where known, constants are shared (``k``),
+    and what needs no pass over the tensor (finishing the zero count, squeezing) is left to ``unpack``.
     """
+    k = k or Consts()
     t = tf.cast(t, tf.float32)
     dims = t.shape[1:]
-    if dims.is_fully_defined() and len(dims) >= 1:
-        p, width = int(np.prod(dims[:-1], dtype=np.int64)), int(dims[-1])
+    width = int(dims[-1])
+    one, last = k.axis(1), k.axis(-1)
+    if dims.is_fully_defined():
+        p = int(np.prod(dims[:-1], dtype=np.int64))
         if p == 1:  # one value per channel (dense, pooled, SE gates): the statistics are the value
-            v = tf.reshape(t, (-1, width))
-            a = tf.abs(v)
-            return [v, tf.zeros_like(v), a, v, v, 1.0 - tf.sign(a)]
+            return [(("value",), t)]
         if p * width >= LARGE_TAP:
-            return _reduce_large(t, p, width)
+            return _reduce_large(t, p, width, k)
         t = tf.reshape(t, (-1, p, width))
-        positions: Any = float(p)
+        positions: Any = k.positions(p)
     else:
-        t = tf.reshape(t, tf.stack([tf.shape(t)[0], -1, tf.shape(t)[-1]]))
+        t = tf.reshape(t, tf.stack([tf.shape(t)[0], -1, width]))
         positions = tf.cast(tf.shape(t)[1], tf.float32)
-    total = tf.reduce_sum(t, axis=1, keepdims=True)
-    s = tf.squeeze(total, axis=1)
+    total = tf.reduce_sum(t, axis=one, keepdims=True)
     a = tf.abs(t)
     # squared_difference is one fused kernel; sign(|x|) counts non-zeros without a bool tensor
-    return [s, tf.reduce_sum(tf.math.squared_difference(t, total / positions), axis=1),
-            tf.reduce_sum(a, axis=1), tf.reduce_min(t, axis=1), tf.reduce_max(t, axis=1),
-            positions - tf.reduce_sum(tf.sign(a), axis=1)]
+    nonzero = tf.reduce_sum(tf.sign(a), axis=one, keepdims=True)
+    stats = [total, tf.reduce_sum(tf.math.squared_difference(t, total / positions), axis=one, keepdims=True),
+             tf.reduce_sum(a, axis=one, keepdims=True), tf.reduce_min(t, axis=one, keepdims=True),
+             tf.reduce_max(t, axis=one, keepdims=True)]
+    if dims.is_fully_defined():
+        return [(("s", "m2", "abs_sum", "min", "max", "nonzero"), tf.concat([*stats, nonzero], axis=last))]
+    return [(REDUCED_KEYS, tf.concat([*stats, positions - nonzero], axis=last))]
+
+
+def _reduce_large(t: tf.Tensor, p: int, c: int, k: Consts) -> list[tuple[tuple[str, ...], tf.Tensor]]:
+    """``reduce_tap`` for a tap with ``p`` positions and ``c`` channels per probe, both static and large:
+    sums are a product with a row of ones, (1, 1, P) @ (N, P, C)."""
+    t3 = tf.reshape(t, (-1, p, c))
+    ones, one = k.ones(p), k.axis(1)
+    s = tf.matmul(ones, t3)
+    a = tf.abs(t3)
+    stats = [s, tf.matmul(ones, tf.math.squared_difference(t3, s / k.positions(p))), tf.matmul(ones, a),
+             tf.reduce_min(t3, axis=one, keepdims=True), tf.reduce_max(t3, axis=one, keepdims=True),
+             tf.matmul(ones, tf.sign(a))]
+    return [(("s", "m2", "abs_sum", "min", "max", "nonzero"), tf.concat(stats, axis=k.axis(-1)))]
 
 
 #: Per-probe values one group of ``reduce_groups`` holds at most: a group's taps stay in
@@ -89,58 +142,50 @@ def tap_groups(shapes: Sequence[tuple[int | None, ...]]) -> list[list[int]]:
     return groups
 
 
-def reduce_groups(taps: Sequence[tf.Tensor], groups: Sequence[Sequence[int]]) -> list[tf.Tensor]:
-    """``reduce_tap`` of each group's taps stacked along the batch axis: per group, ``REDUCED_KEYS``
-    order, (len(group) * N, C) with tap ``group[j]`` in rows j*N:(j+1)*N (``stack_groups`` reorders).
+def reduce_groups(taps: Sequence[tf.Tensor], groups: Sequence[Sequence[int]]) -> tuple[list[tf.Tensor], list[Block]]:
+    """``reduce_tap`` of each group's taps stacked along the batch axis -> (statistics, their ``Block``s).
 
-    A reduction is a dozen graph ops, and with a hundred taps the ops' count sets the time to
-    trace and optimise the graph; taps of one shape share them. Stacking along the batch
-    axis copies whole tensors and leaves each (probe, channel) row's reduction as it was.
+    ``unpack`` reads them. A reduction is a dozen graph ops: taps of one shape share them.
+    Stacking along the batch axis copies whole tensors and leaves each (probe, channel)
+    row's reduction as it was.
     """
-    out: list[tf.Tensor] = []
+    k = Consts()
+    outs: list[tf.Tensor] = []
+    blocks: list[Block] = []
     for g in groups:
         ts = [tf.cast(taps[i], tf.float32) for i in g]
-        out.extend(reduce_tap(ts[0] if len(ts) == 1 else tf.concat(ts, axis=0)))
-    return out
+        t = ts[0] if len(ts) == 1 else tf.concat(ts, axis=k.axis(0))
+        for keys, stats in reduce_tap(t, k):
+            blocks.append(Block(tuple(g), keys, int(t.shape[-1])))
+            outs.append(stats)
+    return outs, blocks
 
 
-def stack_groups(values: Sequence[np.ndarray], groups: Sequence[Sequence[int]], offsets: np.ndarray
-                 ) -> dict[str, np.ndarray]:
-    """``reduce_groups``' arrays -> {key: float32 (N, ΣC)}, tap i in columns offsets[i]:offsets[i + 1]."""
-    n_keys = len(REDUCED_KEYS)
-    first = values[0]
-    n = first.shape[0] // len(groups[0])
+def unpack(values: Sequence[np.ndarray], blocks: Sequence[Block], n: int, offsets: np.ndarray, totals: np.ndarray
+           ) -> dict[str, np.ndarray]:
+    """``reduce_groups``' outputs for ``n`` probes -> {key: float32 (n, ΣC)} for ``REDUCED_KEYS``, tap i in
+    columns offsets[i]:offsets[i + 1] with ``totals[i]`` positions per channel."""
     out = {k: np.empty((n, int(offsets[-1])), np.float32) for k in REDUCED_KEYS}
-    for gi, g in enumerate(groups):
-        for ki, k in enumerate(REDUCED_KEYS):
-            v = values[gi * n_keys + ki]
-            for j, i in enumerate(g):
-                out[k][:, offsets[i]:offsets[i + 1]] = v[j * n:(j + 1) * n]
+    for b, value in zip(blocks, values, strict=True):
+        v = value.reshape(len(b.taps), n, len(b.keys), b.width)
+        for j, i in enumerate(b.taps):
+            cols = slice(int(offsets[i]), int(offsets[i + 1]))
+            for ki, key in enumerate(b.keys):
+                _put(out, key, cols, v[j, :, ki], totals[i])
     return out
 
 
-def _reduce_large(t: tf.Tensor, p: int, c: int) -> list[tf.Tensor]:
-    """``reduce_tap`` for a tap with ``p`` positions and ``c`` channels per probe, both static and large.
-
-    Sums are a product with a row of ones, (1, 1, P) @ (N, P, C); min and max are one
-    max-pooling window over all positions.
-    """
-    t3 = tf.reshape(t, (-1, p, c))
-    t4 = tf.reshape(t, (-1, p, 1, c))
-    ones = tf.ones((1, 1, p), tf.float32)
-
-    def total(u: tf.Tensor) -> tf.Tensor:  # (N, 1, C)
-        return tf.matmul(ones, u)
-
-    def peak(u: tf.Tensor) -> tf.Tensor:
-        return tf.squeeze(tf.nn.max_pool2d(u, (p, 1), (p, 1), "VALID"), axis=(1, 2))
-
-    s = total(t3)
-    a = tf.abs(t3)
-    sums = [s, total(tf.math.squared_difference(t3, s / p)), total(a), None, None, p - total(tf.sign(a))]
-    out = [tf.squeeze(u, axis=1) if u is not None else None for u in sums]
-    out[3], out[4] = -peak(-t4), peak(t4)
-    return out
+def _put(out: dict[str, np.ndarray], key: str, cols: slice, v: np.ndarray, positions: int) -> None:
+    """Columns ``cols`` of ``out`` from block values ``v`` (n, C) of ``key``, in float32 as the graph would."""
+    if key == "value":
+        a = np.abs(v)
+        for k, val in (("s", v), ("min", v), ("max", v), ("abs_sum", a), ("m2", 0.0),
+                       ("n_zero", np.float32(1.0) - np.sign(a))):
+            out[k][:, cols] = val
+    elif key == "nonzero":
+        out["n_zero"][:, cols] = np.float32(positions) - v
+    else:
+        out[key][:, cols] = v
 
 
 @dataclass(frozen=True, eq=False)  # eq on arrays is ambiguous

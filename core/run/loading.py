@@ -20,7 +20,7 @@ import numpy as np
 
 from core.run.custom_objects import CUSTOM_OBJECTS_HINT, CustomObjects, missing_object, strip_training_only
 import core.run.keras_objects  # noqa: F401  registers the classes saved runs name, before any load
-from core.run.weightlayout import read_by_layout
+from core.run.weightlayout import H5Dataset, h5_datasets, read_by_layout
 
 TRUST_HINT = ("Only load files you trust: pass --trust-code on the command line or tick "
               "\"I trust this file\" in the app.")
@@ -307,17 +307,12 @@ def _check_legacy_names(path: Path, f: h5py.File, architecture: keras.Model) -> 
                              + (f" (+{len(problems) - 20} more)" if len(problems) > 20 else ""))
 
 
-def _h5_shapes(g: h5py.Group) -> Counter:
-    shapes: Counter = Counter()
-    g.visititems(lambda _n, o: shapes.update([tuple(o.shape)]) if isinstance(o, h5py.Dataset) else None)
-    return shapes
-
-
-def _check_keras3_shapes(path: Path, f: h5py.File, architecture: keras.Model) -> None:
+def _check_keras3_shapes(path: Path, datasets: list[H5Dataset], architecture: keras.Model) -> None:
     """Keras 3 weights files name layers by class and position only, so compare the shapes we can see."""
-    if "layers" not in f:
+    layers = [d for d in datasets if d.name.startswith("layers/")]
+    if not layers:
         return
-    found = _h5_shapes(f["layers"])
+    found = Counter(d.shape for d in layers)
     expected = Counter(tuple(w.shape) for w in architecture.weights)
     if found != expected:
         extra, missing = found - expected, expected - found
@@ -327,21 +322,34 @@ def _check_keras3_shapes(path: Path, f: h5py.File, architecture: keras.Model) ->
             f"expected but absent: {sorted(missing.elements())[:10]})")
 
 
+def _keras3_datasets(path: Path, data: bytes, architecture: keras.Model) -> list[H5Dataset]:
+    """The datasets of a Keras 3 weights file (its bytes), checked against ``architecture``."""
+    try:
+        datasets = h5_datasets(data)
+    except OSError as e:
+        raise ModelLoadError(f"{path}: cannot read the weights in this file; it is truncated or corrupt ({e})") from e
+    _check_keras3_shapes(path, datasets, architecture)
+    return datasets
+
+
+_WEIGHTED: "weakref.WeakKeyDictionary[keras.Model, dict[str, list[tuple[int, ...]]]]" = weakref.WeakKeyDictionary()
+
+
 def _check_keras_zip(path: Path, architecture: keras.Model) -> bytes | None:
-    """Check a ``.keras`` checkpoint against ``architecture``; its weights file's bytes (None if it has none)."""
+    """Check a ``.keras`` checkpoint's layers against ``architecture``; its weights file's bytes (None if it has none)."""
     config, _ = _read_keras_zip(path)
     in_file = _layer_names(config)
-    missing = [n for n in _weighted_layers(architecture) if n not in in_file]
+    weighted = _WEIGHTED.get(architecture)
+    if weighted is None:
+        weighted = _WEIGHTED[architecture] = _weighted_layers(architecture)
+    missing = [n for n in weighted if n not in in_file]
     if missing:
         raise ModelLoadError(f"{path}: checkpoint from another architecture; layers with weights not in the "
                              f"file: {missing[:20]}")
     with zipfile.ZipFile(path) as z:
         if _VARS not in z.namelist():
             return None
-        data = z.read(_VARS)
-    with h5py.File(io.BytesIO(data), "r") as f:
-        _check_keras3_shapes(path, f, architecture)
-    return data
+        return z.read(_VARS)
 
 
 def _private_clone(architecture: keras.Model) -> keras.Model:
@@ -377,13 +385,13 @@ def read_weights_file(path: str | Path, architecture: keras.Model, overwrite: bo
     inner: bytes | None = None
     if kind == "keras-model":
         inner = _check_keras_zip(p, architecture)
+    elif kind == "keras-weights":
+        inner = p.read_bytes()
     else:
         with _open_h5(p) as f:
-            if kind == "keras-weights":
-                _check_keras3_shapes(p, f, architecture)
-            else:
-                _check_legacy_names(p, f, architecture)
-                load_kwargs["by_name"] = True  # names verified; order in the file may differ
+            _check_legacy_names(p, f, architecture)
+            load_kwargs["by_name"] = True  # names verified; order in the file may differ
+    datasets = _keras3_datasets(p, inner, architecture) if inner is not None else []
     # Keras picks the reader from the file name, so the name must match the content
     if kind == "keras-weights" and not p.name.endswith(WEIGHTS_EXT):
         raise ModelLoadError(f"{p}: Keras 3 weights must be named *{WEIGHTS_EXT} to be loaded")
@@ -392,11 +400,9 @@ def read_weights_file(path: str | Path, architecture: keras.Model, overwrite: bo
     if kind in ("h5-model", "h5-weights") and not p.name.endswith(H5_EXTS):
         raise ModelLoadError(f"{p}: legacy HDF5 weights must be named *.h5 to be loaded")
     with _LOCK, tempfile.TemporaryDirectory(prefix="ade-weights-") as tmp:
-        if kind == "keras-weights":
-            inner = p.read_bytes()
         target = architecture if overwrite else _private_clone(architecture)
         if target is not None and inner is not None:
-            got = read_by_layout(inner, architecture, target, Path(tmp))
+            got = read_by_layout(inner, datasets, architecture, target, Path(tmp))
             if got is not None:
                 return got
         p_load = p

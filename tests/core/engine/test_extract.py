@@ -259,7 +259,7 @@ def test_gradients_per_variable_match_gradient_tape(net: keras.Model, extractor:
 
 
 def test_reduced_statistics_equal_numpy_on_large_small_and_one_value_taps() -> None:
-    """In-graph statistics (matrix-product sums, pooled min/max above LARGE_TAP) against float64 numpy."""
+    """In-graph statistics (matrix-product sums above LARGE_TAP) against float64 numpy."""
     from core.analysis import stats as S
     from core.engine.reductions import LARGE_TAP, REDUCED_KEYS
 

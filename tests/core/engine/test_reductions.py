@@ -9,30 +9,33 @@ from keras import layers
 
 from core.engine import reductions as R
 from core.engine.extract import Extractor
-from core.engine.reductions import REDUCED_KEYS, reduce_tap, tap_groups
+from core.engine.reductions import REDUCED_KEYS, reduce_groups, tap_groups, unpack
 
 SIZE = 32
 
 
 def per_tap(ex: Extractor, x: np.ndarray) -> dict[str, np.ndarray]:
-    """The statistics ``reduce_tap`` gives each tap alone, in one traced function, stacked like ``run_reduced``."""
+    """The statistics each tap gives reduced alone (a group of its own), in one traced function."""
     forward = ex._forward_body(training=False)
+    blocks: list = []
 
     def body(trainable, non_trainable, xs):
-        outs = [reduce_tap(t) for t in forward(trainable, non_trainable, xs)]
-        return [tf.concat([o[k] for o in outs], axis=1) for k in range(len(REDUCED_KEYS))]
+        outs = forward(trainable, non_trainable, xs)
+        stats, blocks[:] = reduce_groups(outs, [[i] for i in range(len(outs))])
+        return stats
 
     fn = tf.function(body, input_signature=[*ex._weight_spec, ex._x_spec], autograph=False)
     wv = ex.weights_from_model(ex.model)
-    return {k: v.numpy() for k, v in zip(REDUCED_KEYS, fn(*ex._prepare(wv, x)))}
+    stats = [v.numpy() for v in fn(*ex._prepare(wv, x))]
+    return unpack(stats, blocks, len(x), ex._red_offsets, ex._red_totals)
 
 
 def assert_grouped_equals_per_tap(model: keras.Model, x: np.ndarray, taps: list[str] | None = None) -> Extractor:
     ex = Extractor(model, taps)
     red, _ = ex.run_reduced(ex.weights_from_model(model), x)
     ref = per_tap(ex, x)
-    groups = ex._reduced_fns[()][1]
-    assert len(groups) < len(ex.taps)  # some taps did share their ops
+    blocks = ex._reduced_fns[()][1]
+    assert len({b.taps for b in blocks}) < len(ex.taps)  # some taps did share their ops
     for k in REDUCED_KEYS:  # a (probe, channel) row is reduced alike in a stack of taps: the same bits
         np.testing.assert_array_equal(red.arrays[k], ref[k], err_msg=k)
     return ex
@@ -48,7 +51,7 @@ def test_tap_groups_share_shapes_keep_unknown_alone_and_stay_bounded(monkeypatch
 
 def test_grouped_equals_per_tap_on_many_shapes_large_small_and_one_value() -> None:
     inp = keras.Input((48, 48, 3))
-    a = layers.Conv2D(24, 3, padding="same", name="a")(inp)  # large: matrix-product sums, pooled min/max
+    a = layers.Conv2D(24, 3, padding="same", name="a")(inp)  # large: matrix-product sums
     b = layers.ReLU(name="b")(a)  # same shape as a: one group, exact zeros
     c = layers.Conv2D(24, 3, padding="same", name="c")(b)
     d = layers.Add(name="d")([c, b])
@@ -92,7 +95,6 @@ def test_prepared_function_is_the_one_run_reduced_uses() -> None:
                               layers.Dense(2)])
     ex = Extractor(model)
     x = np.random.default_rng(0).normal(0.0, 1.0, (2, 8, 8, 3)).astype(np.float32)
-    ex.prepare_reduced(execute=False)
     ex.prepare_reduced()
     ex.prepare_reduced()
     red, _ = ex.run_reduced(ex.weights_from_model(model), x)

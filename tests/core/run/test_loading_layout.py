@@ -1,6 +1,7 @@
 """Keras 3 weights files read straight from their datasets, by the layout Keras loads them in."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import keras
@@ -75,3 +76,61 @@ def test_architecture_without_the_files_weights(tmp_path: Path) -> None:
     kernel = next(v for v in without.weights if v.path.endswith("kernel"))
     assert not np.array_equal(kernel.numpy(), ref[kernel.path])
     assert_equal_values({v.path: v.numpy() for v in with_weights.weights}, ref)
+
+
+def test_compressed_and_big_endian_datasets_read_alike(tmp_path: Path) -> None:
+    """Contiguous datasets are read from their bytes (any byte order); compressed ones through HDF5."""
+    import h5py
+
+    src = save_both(small_net(seed=1), tmp_path, "c1")
+    packed = tmp_path / "packed.weights.h5"
+    with h5py.File(src["weights"], "r") as a, h5py.File(packed, "w") as b:
+        b.attrs.update(a.attrs)
+        k = [0]
+
+        def copy(name: str, obj) -> None:
+            if isinstance(obj, h5py.Group):
+                b.require_group(name).attrs.update(obj.attrs)
+                return
+            k[0] += 1
+            if obj.ndim and k[0] % 2:
+                b.create_dataset(name, data=obj[()], chunks=True, compression="gzip")
+            else:
+                b.create_dataset(name, data=obj[()].astype(obj.dtype.newbyteorder(">")))
+            b[name].attrs.update(obj.attrs)
+
+        a.visititems(copy)
+    datasets = weightlayout.h5_datasets(packed.read_bytes())
+    assert {d.offset is None for d in datasets} == {True, False}
+    assert any(d.dtype.startswith(">") and d.offset is not None for d in datasets)
+    arch = small_net(seed=9)
+    for f in (src["weights"], packed):
+        assert_equal_values(read_weights_file(f, arch, overwrite=True), keras_values(src["keras"]))
+    assert None not in weightlayout.LAYOUTS[arch].values()
+
+
+def test_a_learnt_layout_serves_the_next_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What one process learnt is read from the cache by the next (a new architecture object stands for it)."""
+    monkeypatch.setenv("ADE_LAYOUT_CACHE", str(tmp_path / "layouts"))
+    files = [save_both(small_net(seed=s), tmp_path, f"c{s}")["keras"] for s in (1, 2)]
+    read_weights_file(files[0], small_net(seed=8), overwrite=True)
+    assert len(list((tmp_path / "layouts").glob("*.json"))) == 1
+    learnt: list[int] = []
+    real = weightlayout._learn_layout
+    monkeypatch.setattr(weightlayout, "_learn_layout", lambda *a: learnt.append(1) or real(*a))
+    arch = small_net(seed=9)
+    assert_equal_values(read_weights_file(files[1], arch, overwrite=True), keras_values(files[1]))
+    assert learnt == []  # no Keras load: the stored layout was used
+    # a stored layout that no longer fits (here: shapes) is ignored and learnt again
+    for f in (tmp_path / "layouts").glob("*.json"):
+        f.write_text(json.dumps(list(reversed(json.loads(f.read_text())))))
+    assert_equal_values(read_weights_file(files[1], small_net(seed=7), overwrite=True), keras_values(files[1]))
+    assert learnt == [1]
+
+
+def test_no_layout_cache_when_switched_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ADE_LAYOUT_CACHE", "")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    path = save_both(small_net(seed=1), tmp_path, "c1")["keras"]
+    assert_equal_values(read_weights_file(path, small_net(seed=9)), keras_values(path))
+    assert not (tmp_path / "xdg").exists()
