@@ -29,6 +29,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import core  # noqa: E402,F401 - the settings the app and CLI run with (OpenBLAS threads), before numpy loads
 import numpy as np  # noqa: E402
 
 
@@ -276,7 +277,7 @@ def first_checkpoint(run_dir: Path, name: str, size: int) -> dict:
             "taps": len(eng.taps), "probes": len(x)}
 
 
-def bench_foreign(root: Path, names: list[str], size: int = 224, processes: int = 3) -> list[dict]:
+def bench_foreign(root: Path, names: list[str], size: int = 224, processes: int = 5) -> list[dict]:
     """``--foreign``: the first sweep checkpoint of an imported keras.applications model vs a plain trace,
     in ``processes`` fresh processes (a first checkpoint happens once per process), and later
     checkpoints against the floor as ``bench_case`` measures them."""

@@ -183,8 +183,9 @@ class Extractor:
         fn, blocks = self._reduced_fn(raw)
         trainable, non_trainable, xt = self._prepare(weights, x)
         stats, raws = fn(trainable, non_trainable, xt)
-        red = Reduced(tuple(self.taps), self._red_offsets, self._red_totals,
-                      unpack([v.numpy() for v in stats], blocks, int(xt.shape[0]), self._red_offsets, self._red_totals))
+        arrays, totals = unpack([v.numpy() for v in stats], blocks, int(xt.shape[0]), self._red_offsets,
+                                self._red_totals)
+        red = Reduced(tuple(self.taps), self._red_offsets, totals, arrays)
         return red, {name: v.numpy() for name, v in zip(raw, raws)}
 
     def prepare_reduced(self, raw: Sequence[str] = ()) -> None:

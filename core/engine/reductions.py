@@ -13,7 +13,8 @@ REDUCED_KEYS = ("s", "m2", "abs_sum", "min", "max", "n_zero")
 
 
 def positions_per_channel(shape: tuple[int | None, ...]) -> int:
-    """Positions per (probe, channel) of a tap of shape (None, ..., C)."""
+    """Positions per (probe, channel) of a tap of shape (None, ..., C); an unknown dimension counts 1
+    (``unpack`` gives the positions of such a tap when it has run)."""
     p = 1
     for d in shape[1:-1]:
         p *= int(d) if d is not None else 1
@@ -28,11 +29,12 @@ LARGE_TAP = 32768
 
 @dataclass(frozen=True)
 class Block:
-    """One output of ``reduce_groups``: taps ``taps`` (rows j*N:(j+1)*N are tap ``taps[j]``'s), for each
-    row ``keys`` side by side, ``width`` channels each; ``unpack`` turns the keys into ``REDUCED_KEYS``.
+    """One output of ``reduce_groups``, a group's: taps ``taps`` (rows j*N:(j+1)*N are tap ``taps[j]``'s), for
+    each row ``keys`` side by side, ``width`` channels each; ``unpack`` turns the keys into ``REDUCED_KEYS``.
 
     Keys besides ``REDUCED_KEYS``: ``value`` (a tap with one value per channel: the value gives every
-    statistic) and ``nonzero`` (n_zero = positions - nonzero).
+    statistic), ``nonzero`` (n_zero = positions - nonzero) and ``positions`` (positions per channel, for
+    a tap whose shape is known only when run).
     """
 
     taps: tuple[int, ...]
@@ -61,8 +63,8 @@ class Consts:
         return self.get(("positions", p), lambda: np.float32(p))
 
 
-def reduce_tap(t: tf.Tensor, k: Consts | None = None) -> list[tuple[tuple[str, ...], tf.Tensor]]:
-    """(N, ..., C) -> [(keys, statistics)], each statistics tensor laid out as (N, ..., len(keys) * C).
+def reduce_tap(t: tf.Tensor, k: Consts | None = None) -> tuple[tuple[str, ...], tf.Tensor]:
+    """(N, ..., C) -> (keys, statistics), the statistics laid out as (N, ..., len(keys) * C).
 
     Assumes finite values (cheap passes, small graph). A NaN or Inf makes the sum
     non-finite; ``Extractor.run_reduced`` callers detect that and recompute the tap
@@ -79,7 +81,7 @@ def reduce_tap(t: tf.Tensor, k: Consts | None = None) -> list[tuple[tuple[str, .
     if dims.is_fully_defined():
         p = int(np.prod(dims[:-1], dtype=np.int64))
         if p == 1:  # one value per channel (dense, pooled, SE gates): the statistics are the value
-            return [(("value",), t)]
+            return ("value",), t
         if p * width >= LARGE_TAP:
             return _reduce_large(t, p, width, k)
         t = tf.reshape(t, (-1, p, width))
@@ -95,11 +97,13 @@ def reduce_tap(t: tf.Tensor, k: Consts | None = None) -> list[tuple[tuple[str, .
              tf.reduce_sum(a, axis=one, keepdims=True), tf.reduce_min(t, axis=one, keepdims=True),
              tf.reduce_max(t, axis=one, keepdims=True)]
     if dims.is_fully_defined():
-        return [(("s", "m2", "abs_sum", "min", "max", "nonzero"), tf.concat([*stats, nonzero], axis=last))]
-    return [(REDUCED_KEYS, tf.concat([*stats, positions - nonzero], axis=last))]
+        return ("s", "m2", "abs_sum", "min", "max", "nonzero"), tf.concat([*stats, nonzero], axis=last)
+    # positions known only when run: ``unpack`` takes them from here
+    return (*REDUCED_KEYS[:5], "nonzero", "positions"), tf.concat([*stats, nonzero, tf.zeros_like(total) + positions],
+                                                               axis=last)
 
 
-def _reduce_large(t: tf.Tensor, p: int, c: int, k: Consts) -> list[tuple[tuple[str, ...], tf.Tensor]]:
+def _reduce_large(t: tf.Tensor, p: int, c: int, k: Consts) -> tuple[tuple[str, ...], tf.Tensor]:
     """``reduce_tap`` for a tap with ``p`` positions and ``c`` channels per probe, both static and large:
     sums are a product with a row of ones, (1, 1, P) @ (N, P, C)."""
     t3 = tf.reshape(t, (-1, p, c))
@@ -109,7 +113,7 @@ def _reduce_large(t: tf.Tensor, p: int, c: int, k: Consts) -> list[tuple[tuple[s
     stats = [s, tf.matmul(ones, tf.math.squared_difference(t3, s / k.positions(p))), tf.matmul(ones, a),
              tf.reduce_min(t3, axis=one, keepdims=True), tf.reduce_max(t3, axis=one, keepdims=True),
              tf.matmul(ones, tf.sign(a))]
-    return [(("s", "m2", "abs_sum", "min", "max", "nonzero"), tf.concat(stats, axis=k.axis(-1)))]
+    return ("s", "m2", "abs_sum", "min", "max", "nonzero"), tf.concat(stats, axis=k.axis(-1))
 
 
 #: Per-probe values one group of ``reduce_groups`` holds at most: a group's taps stay in
@@ -155,24 +159,29 @@ def reduce_groups(taps: Sequence[tf.Tensor], groups: Sequence[Sequence[int]]) ->
     for g in groups:
         ts = [tf.cast(taps[i], tf.float32) for i in g]
         t = ts[0] if len(ts) == 1 else tf.concat(ts, axis=k.axis(0))
-        for keys, stats in reduce_tap(t, k):
-            blocks.append(Block(tuple(g), keys, int(t.shape[-1])))
-            outs.append(stats)
+        keys, stats = reduce_tap(t, k)
+        blocks.append(Block(tuple(g), keys, int(t.shape[-1])))
+        outs.append(stats)
     return outs, blocks
 
 
 def unpack(values: Sequence[np.ndarray], blocks: Sequence[Block], n: int, offsets: np.ndarray, totals: np.ndarray
-           ) -> dict[str, np.ndarray]:
-    """``reduce_groups``' outputs for ``n`` probes -> {key: float32 (n, ΣC)} for ``REDUCED_KEYS``, tap i in
-    columns offsets[i]:offsets[i + 1] with ``totals[i]`` positions per channel."""
+           ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """``reduce_groups``' outputs for ``n`` probes -> ({key: float32 (n, ΣC)} for ``REDUCED_KEYS``, positions per
+    channel of each tap), tap i in columns offsets[i]:offsets[i + 1]; ``totals`` are the positions of the
+    taps of static shape (``positions_per_channel``), the others' come with their block."""
     out = {k: np.empty((n, int(offsets[-1])), np.float32) for k in REDUCED_KEYS}
+    found = np.array(totals, np.int64)
     for b, value in zip(blocks, values, strict=True):
         v = value.reshape(len(b.taps), n, len(b.keys), b.width)
         for j, i in enumerate(b.taps):
+            if "positions" in b.keys and n:
+                found[i] = int(round(float(v[j, 0, b.keys.index("positions"), 0])))
             cols = slice(int(offsets[i]), int(offsets[i + 1]))
             for ki, key in enumerate(b.keys):
-                _put(out, key, cols, v[j, :, ki], totals[i])
-    return out
+                _put(out, key, cols, v[j, :, ki], found[i])
+    found.flags.writeable = False
+    return out, found
 
 
 def _put(out: dict[str, np.ndarray], key: str, cols: slice, v: np.ndarray, positions: int) -> None:
@@ -184,7 +193,7 @@ def _put(out: dict[str, np.ndarray], key: str, cols: slice, v: np.ndarray, posit
             out[k][:, cols] = val
     elif key == "nonzero":
         out["n_zero"][:, cols] = np.float32(positions) - v
-    else:
+    elif key != "positions":
         out[key][:, cols] = v
 
 

@@ -27,7 +27,7 @@ def per_tap(ex: Extractor, x: np.ndarray) -> dict[str, np.ndarray]:
     fn = tf.function(body, input_signature=[*ex._weight_spec, ex._x_spec], autograph=False)
     wv = ex.weights_from_model(ex.model)
     stats = [v.numpy() for v in fn(*ex._prepare(wv, x))]
-    return unpack(stats, blocks, len(x), ex._red_offsets, ex._red_totals)
+    return unpack(stats, blocks, len(x), ex._red_offsets, ex._red_totals)[0]
 
 
 def assert_grouped_equals_per_tap(model: keras.Model, x: np.ndarray, taps: list[str] | None = None) -> Extractor:
@@ -103,3 +103,28 @@ def test_prepared_function_is_the_one_run_reduced_uses() -> None:
     for t in ex.taps:
         np.testing.assert_array_equal(red.arrays["max"][:, red.columns(t)],
                                       raw[t].reshape(len(x), -1, raw[t].shape[-1]).max(axis=1))
+
+
+def test_taps_of_shape_known_only_when_run_get_their_positions() -> None:
+    """A fully convolutional model (spatial size unknown until run): statistics and positions per channel."""
+    from core.analysis import stats as S
+
+    inp = keras.Input((None, None, 3))
+    a = layers.Conv2D(4, 3, padding="same", name="a")(inp)
+    b = layers.ReLU(name="b")(a)  # exact zeros
+    out = layers.Dense(2, name="out")(layers.GlobalAveragePooling2D(name="pool")(b))
+    model = keras.Model(inp, out)
+    ex = Extractor(model, ["a", "b", "pool", "out"])
+    x = np.random.default_rng(0).normal(size=(3, 10, 12, 3)).astype(np.float32)
+    wv = ex.weights_from_model(model)
+    red, _ = ex.run_reduced(wv, x)
+    raw = ex.run(wv, x)
+    assert red.totals.tolist() == [120, 120, 1, 1]
+    for t in ex.taps:
+        m = S.moments(raw[t])
+        got = {k: red.arrays[k][:, red.columns(t)].astype(np.float64) for k in REDUCED_KEYS}
+        for k in ("min", "max", "n_zero"):
+            np.testing.assert_array_equal(got[k], getattr(m, k), err_msg=f"{t} {k}")
+        np.testing.assert_allclose(got["s"], m.s, rtol=2e-6, atol=2e-6 * float(m.abs_sum.max()), err_msg=t)
+        np.testing.assert_allclose(got["m2"], m.m2, rtol=1e-4, atol=1e-6, err_msg=t)
+    assert (red.arrays["n_zero"][:, red.columns("b")] > 0).all()
