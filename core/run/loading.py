@@ -1,7 +1,6 @@
 """Load model and weights files safely: detect Lambda code before loading, explain every refusal."""
 from __future__ import annotations
 
-import io
 import json
 import shutil
 import tempfile
