@@ -1,6 +1,7 @@
 """Session-scoped fixture runs: tiny real Keras runs trained once per test session."""
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -11,6 +12,7 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # weight layouts learnt by the tests stay out of the user's cache (the processes the tests start inherit it)
 os.environ["ADE_LAYOUT_CACHE"] = tempfile.mkdtemp(prefix="ade-test-layouts-")
+atexit.register(shutil.rmtree, os.environ["ADE_LAYOUT_CACHE"], True)
 
 SHARED_TESTDATA = Path(__file__).resolve().parents[1].parent / "shared" / "testdata"
 #: The photos the app offers, shipped in the repository (data/photos/README.md): tests that need a real
