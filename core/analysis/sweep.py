@@ -382,9 +382,7 @@ class _Sweep:
             return f"mini-epoch {me} (cached)"
         fut = self.ahead.pop(i, None)
         if fut is None:
-            fut = self.reader.submit(self.load, c)
-        if not act_ok:  # the first checkpoint is read while the forward pass is traced
-            self.engine.extractor.prepare_reduced(self.maker.raw)
+            fut = self.first_read(c, act_ok)
         self.read_ahead(i + 1)
         try:
             weights, wv = fut.result()
@@ -408,6 +406,25 @@ class _Sweep:
             del red, acts, redo
         self.prev_identity = ident
         return f"mini-epoch {me}"
+
+    def first_read(self, c: Checkpoint, act_ok: bool) -> Future:
+        """Start reading ``c`` (not read ahead) and, when its forward pass is first needed, trace it.
+
+        A quick read runs while the pass is traced. A read that needs a Keras load holds the
+        interpreter as tracing does: then the pass is traced first and its graph optimised
+        while the weights are read.
+        """
+        ex = self.engine.extractor
+        if act_ok or ex.reduced_traced(self.maker.raw) or self.engine.reads_quickly(c):
+            fut = self.reader.submit(self.load, c)
+            if not act_ok:
+                ex.prepare_reduced(self.maker.raw)
+            return fut
+        ex.prepare_reduced(self.maker.raw)
+        fut = self.reader.submit(self.load, c)
+        first = self.maker.batches()[0]
+        ex.warm_reduced(self.maker.raw, batch=max(1, first.stop - first.start))
+        return fut
 
     # -- work items -------------------------------------------------------------------------
     def load(self, c: Checkpoint) -> tuple[dict[str, np.ndarray], object]:

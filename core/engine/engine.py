@@ -160,6 +160,14 @@ class RunEngine:
         # loaded into the model itself: its values are never read (see __init__), no copy to build
         return read_weights_file(ckpt.path, self.model, overwrite=True)
 
+    def reads_quickly(self, ckpt: Checkpoint) -> bool:
+        """Whether ``read_weights(ckpt)`` reads the file's values directly (no Keras load)."""
+        if ckpt.kind == "npz":
+            return True
+        from core.run.loading import reads_directly
+
+        return reads_directly(ckpt.path, self.model)
+
     def weight_values(self, weights: dict[str, np.ndarray]):
         return self.extractor.weights_from_mapping(weights)
 

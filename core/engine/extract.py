@@ -98,6 +98,7 @@ class Extractor:
         self._forward_train: Any = None
         self._grad_fns: dict[bool, Any] = {}
         self._reduced_fns: dict[tuple[str, ...], tuple[Any, list[Block]]] = {}
+        self._reduced_ran: set[tuple[str, ...]] = set()  # executed at least once
         self._tap_positions = {t.name: positions_per_channel(t.shape) for t in table}
         shape = {t.name: t.shape for t in table}
         # layout of run_reduced's stacked statistics: tap i owns columns offsets[i]:offsets[i + 1]
@@ -183,6 +184,7 @@ class Extractor:
         fn, blocks = self._reduced_fn(raw)
         trainable, non_trainable, xt = self._prepare(weights, x)
         stats, raws = fn(trainable, non_trainable, xt)
+        self._reduced_ran.add(raw)
         arrays, totals = unpack([v.numpy() for v in stats], blocks, int(xt.shape[0]), self._red_offsets,
                                 self._red_totals)
         red = Reduced(tuple(self.taps), self._red_offsets, totals, arrays)
@@ -191,6 +193,30 @@ class Extractor:
     def prepare_reduced(self, raw: Sequence[str] = ()) -> None:
         """Trace ``run_reduced``'s function for ``raw`` now (it is otherwise traced on first use)."""
         self._reduced_fn(tuple(t for t in raw if t in self.taps))
+
+    def reduced_traced(self, raw: Sequence[str] = ()) -> bool:
+        """Whether ``run_reduced``'s function for ``raw`` is traced."""
+        with self._lock:
+            return tuple(t for t in raw if t in self.taps) in self._reduced_fns
+
+    def warm_reduced(self, raw: Sequence[str] = (), batch: int = 1) -> None:
+        """Run ``run_reduced``'s function once on ``batch`` zero images, unless it has run.
+
+        Its first execution pays for the graph's optimisation and the kernels' set-up at that
+        batch size, mostly outside the Python interpreter: while a slow read holds the
+        interpreter in another thread, this takes that cost off the first real pass (and
+        computes the network once more). The model's own variable values serve as weights:
+        any of the right shapes do.
+        """
+        raw = tuple(t for t in raw if t in self.taps)
+        fn, _blocks = self._reduced_fn(raw)
+        with self._lock:
+            if raw in self._reduced_ran:
+                return
+            self._reduced_ran.add(raw)
+        own = [tf.convert_to_tensor(v.numpy()) for v in self._vars]
+        zero = tf.zeros((batch, *self._x_spec.shape[1:]), self._x_spec.dtype)
+        fn(own[:len(self._train_vars)], own[len(self._train_vars):], zero)
 
     def _reduced_fn(self, raw: tuple[str, ...]) -> tuple[Any, list[Block]]:
         """``run_reduced``'s traced function for ``raw`` and the layout of its statistics (traced on first use)."""

@@ -19,7 +19,7 @@ import numpy as np
 
 from core.run.custom_objects import CUSTOM_OBJECTS_HINT, CustomObjects, missing_object, strip_training_only
 import core.run.keras_objects  # noqa: F401  registers the classes saved runs name, before any load
-from core.run.weightlayout import H5Dataset, h5_datasets, read_by_layout
+from core.run.weightlayout import H5Dataset, h5_datasets, layout_known, read_by_layout
 
 TRUST_HINT = ("Only load files you trust: pass --trust-code on the command line or tick "
               "\"I trust this file\" in the app.")
@@ -349,6 +349,22 @@ def _check_keras_zip(path: Path, architecture: keras.Model) -> bytes | None:
         if _VARS not in z.namelist():
             return None
         return z.read(_VARS)
+
+
+def reads_directly(path: str | Path, architecture: keras.Model) -> bool:
+    """Whether ``read_weights_file(path, architecture)`` reads the values straight from the file: a Keras 3
+    weights file whose layout for ``architecture`` is known (in this process or kept on disk)."""
+    p = Path(path)
+    try:
+        kind = file_kind(p)
+        if kind == "keras-model":
+            with zipfile.ZipFile(p) as z:
+                data = z.read(_VARS) if _VARS in z.namelist() else None
+        else:
+            data = p.read_bytes() if kind == "keras-weights" else None
+        return data is not None and layout_known(h5_datasets(data), architecture)
+    except (OSError, ValueError, zipfile.BadZipFile, ModelLoadError):
+        return False
 
 
 def _private_clone(architecture: keras.Model) -> keras.Model:

@@ -54,6 +54,16 @@ def h5_datasets(data: bytes) -> list[H5Dataset]:
     return out
 
 
+def layout_known(datasets: list[H5Dataset], architecture: keras.Model) -> bool:
+    """Whether ``read_by_layout`` knows how Keras loads files with ``datasets`` into ``architecture``
+    (learnt in this process, or kept by an earlier one), so reads them without Keras."""
+    names = [(d.name, d.shape, d.dtype) for d in datasets]
+    known = LAYOUTS.get(architecture, {})
+    if tuple(names) in known:
+        return known[tuple(names)] is not None
+    return _stored_layout(architecture, names) is not None
+
+
 def read_by_layout(data: bytes, datasets: list[H5Dataset], architecture: keras.Model, target: keras.Model,
                    tmp: Path) -> dict[str, np.ndarray] | None:
     """The arrays of a Keras 3 weights file (its bytes and ``h5_datasets``) read straight from its

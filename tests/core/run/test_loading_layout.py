@@ -134,3 +134,19 @@ def test_no_layout_cache_when_switched_off(tmp_path: Path, monkeypatch: pytest.M
     path = save_both(small_net(seed=1), tmp_path, "c1")["keras"]
     assert_equal_values(read_weights_file(path, small_net(seed=9)), keras_values(path))
     assert not (tmp_path / "xdg").exists()
+
+
+def test_reads_directly_once_the_layout_is_known(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from core.run.loading import reads_directly
+
+    monkeypatch.setenv("ADE_LAYOUT_CACHE", str(tmp_path / "layouts"))
+    files = save_both(small_net(seed=1), tmp_path, "c1")
+    legacy = tmp_path / "legacy.h5"
+    keras.saving.load_model(files["keras"], compile=False).save(legacy)
+    arch = small_net(seed=9)
+    assert not reads_directly(files["keras"], arch) and not reads_directly(files["weights"], arch)
+    read_weights_file(files["keras"], arch)
+    assert reads_directly(files["keras"], arch)
+    assert reads_directly(files["keras"], small_net(seed=8))  # another process: the kept layout
+    assert not reads_directly(legacy, arch)  # legacy HDF5: always a Keras load
+    assert not reads_directly(tmp_path / "missing.keras", arch)
