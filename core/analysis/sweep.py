@@ -380,9 +380,7 @@ class _Sweep:
             self.pool.submit(self.chain.reset)  # weights not loaded: the next checkpoint must read its predecessor's
             self.prev_identity = ident
             return f"mini-epoch {me} (cached)"
-        fut = self.ahead.pop(i, None)
-        if fut is None:
-            fut = self.first_read(c, act_ok)
+        fut = self.ahead.pop(i, None) or self.first_read(c, act_ok)
         self.read_ahead(i + 1)
         try:
             weights, wv = fut.result()
@@ -408,22 +406,17 @@ class _Sweep:
         return f"mini-epoch {me}"
 
     def first_read(self, c: Checkpoint, act_ok: bool) -> Future:
-        """Start reading ``c`` (not read ahead) and, when its forward pass is first needed, trace it.
-
-        A quick read runs while the pass is traced. A read that needs a Keras load holds the
-        interpreter as tracing does: then the pass is traced first and its graph optimised
-        while the weights are read.
-        """
-        ex = self.engine.extractor
-        if act_ok or ex.reduced_traced(self.maker.raw) or self.engine.reads_quickly(c):
-            fut = self.reader.submit(self.load, c)
-            if not act_ok:
-                ex.prepare_reduced(self.maker.raw)
-            return fut
-        ex.prepare_reduced(self.maker.raw)
+        """Start reading ``c`` (not read ahead); trace the forward pass while a quick read runs. A Keras
+        load holds the interpreter as tracing does: then trace first, and optimise the graph meanwhile."""
+        ex, raw = self.engine.extractor, self.maker.raw
+        quick = act_ok or ex.reduced_traced(raw) or self.engine.reads_quickly(c)
+        if not quick:
+            ex.prepare_reduced(raw)
         fut = self.reader.submit(self.load, c)
-        first = self.maker.batches()[0]
-        ex.warm_reduced(self.maker.raw, batch=max(1, first.stop - first.start))
+        if quick and not act_ok:
+            ex.prepare_reduced(raw)
+        elif not quick:
+            ex.warm_reduced(raw, batch=min(len(self.probes), PROBE_BATCH))
         return fut
 
     # -- work items -------------------------------------------------------------------------
