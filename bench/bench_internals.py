@@ -228,8 +228,47 @@ def keras_clear_session(quick: bool) -> None:
     print(f"gc.collect with TensorFlow and a model loaded: {_t(gc_time)}")
 
 
+_GRAPPLER = """
+import contextlib, sys, time
+sys.path.insert(0, {root!r})
+import core  # the product's settings
+import keras, numpy as np
+from core.engine import runtime
+from core.engine.extract import Extractor
+if {grappler!r}:
+    runtime.engine_calls = contextlib.nullcontext  # TensorFlow's default: Grappler on
+model = getattr(keras.applications, {name!r})(weights=None, input_shape=(224, 224, 3))
+ex = Extractor(model)
+w = ex.weights_from_model(model)
+x = np.random.default_rng(0).random((8, 224, 224, 3)).astype(np.float32) * 255
+ex.prepare_reduced()
+t0 = time.perf_counter(); ex.run_reduced(w, x); first = time.perf_counter() - t0
+later = []
+for _ in range(5):
+    t0 = time.perf_counter(); ex.run_reduced(w, x); later.append(time.perf_counter() - t0)
+print(first, sorted(later)[2])
+"""
+
+
+def grappler(quick: bool) -> None:
+    """core/engine/runtime.py calls the engine's functions without Grappler: first and later calls of a
+    sweep's pass (taps reduced in the graph), keras.applications models at 224 px, 8 images, fresh
+    processes taken in turns."""
+    for name in ("MobileNetV3Small",) if quick else ("MobileNetV3Small", "EfficientNetB0"):
+        got: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
+        for _ in range(1 if quick else 2):
+            for on in (True, False):
+                r = subprocess.run([sys.executable, "-c", _GRAPPLER.format(root=str(ROOT), grappler=on, name=name)],
+                                   capture_output=True, text=True, timeout=900, check=True)
+                first, later = map(float, r.stdout.split()[-2:])
+                got[on].append((first, later))
+        for i, what in enumerate(("first call", "later call (median of 5)")):
+            report(f"{name} sweep pass, {what}, best of {len(got[True])} processes", "Grappler on",
+                   min(v[i] for v in got[True]), "off (the engine)", min(v[i] for v in got[False]))
+
+
 STEPS = [openblas_threads, chunk_sizes, colormap_gather, tile_label_format, png_writer, html_handling,
-         cache_lookup, tensorflow_import, keras_clear_session]
+         cache_lookup, tensorflow_import, keras_clear_session, grappler]
 
 
 def main() -> None:

@@ -407,7 +407,7 @@ class _Sweep:
 
     def first_read(self, c: Checkpoint, act_ok: bool) -> Future:
         """Start reading ``c`` (not read ahead); trace the forward pass while a quick read runs. A Keras
-        load holds the interpreter as tracing does: then trace first, and optimise the graph meanwhile."""
+        load holds the interpreter as tracing does: then trace first, and set the graph up meanwhile."""
         ex, raw = self.engine.extractor, self.maker.raw
         quick = act_ok or ex.reduced_traced(raw) or self.engine.reads_quickly(c)
         if not quick:

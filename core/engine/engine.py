@@ -190,7 +190,7 @@ class RunEngine:
             if tap in self._tap_extractors:
                 return
         ex = Extractor(self.model, [tap])
-        # the first execution of a traced graph pays for its optimisation: here, not in the page
+        # the first execution of a traced graph pays for its set-up: here, not in the page
         ex.run_used({v.path: v.numpy() for v in self.model.variables},
                     np.zeros((1, *self.model.input_shape[1:]), "float32"))
         with self._lock:

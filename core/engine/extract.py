@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from core.engine.runtime import GraphFunction
 from core.engine.reductions import Block, Reduced, positions_per_channel, reduce_groups, tap_groups, unpack
 from core.engine.se import SEBlock, build_graph, op_class
 from core.engine.taps import Tap, VirtualLogits, list_tappable, tap_table
@@ -106,7 +107,7 @@ class Extractor:
         self._red_totals = np.array([self._tap_positions[t] for t in self.taps], np.int64)
         self._red_offsets.flags.writeable = self._red_totals.flags.writeable = False  # shared by every result
         if batch_size_hint:
-            # the first execution of a fresh graph pays for graph optimisation; pay it now
+            # the first execution of a fresh graph pays for its set-up (placement, kernels); pay it now
             zeros = np.zeros((batch_size_hint, *self._input.shape[1:]), "float32")
             self.run(self.weights_from_model(model), zeros)
 
@@ -145,10 +146,7 @@ class Extractor:
     def _forward_fn(self) -> Any:
         with self._lock:  # trace once, never concurrently from callers' threads
             if self._forward is None:
-                fn = tf.function(self._forward_body(training=False),
-                                 input_signature=[*self._weight_spec, self._x_spec], autograph=False)
-                fn.get_concrete_function()
-                self._forward = fn
+                self._forward = GraphFunction(self._forward_body(training=False), [*self._weight_spec, self._x_spec])
         return self._forward
 
     def _forward_values(self, values: Sequence[tf.Tensor | None], x: tf.Tensor, training: bool) -> list[tf.Tensor]:
@@ -202,7 +200,7 @@ class Extractor:
     def warm_reduced(self, raw: Sequence[str] = (), batch: int = 1) -> None:
         """Run ``run_reduced``'s function once on ``batch`` zero images, unless it has run.
 
-        Its first execution pays for the graph's optimisation and the kernels' set-up at that
+        Its first execution pays for the graph's set-up (placement, oneDNN's rewrites, kernels) at that
         batch size, mostly outside the Python interpreter: while a slow read holds the
         interpreter in another thread, this takes that cost off the first real pass (and
         computes the network once more). The model's own variable values serve as weights:
@@ -224,9 +222,7 @@ class Extractor:
             got = self._reduced_fns.get(raw)
             if got is None:
                 blocks: list[Block] = []
-                fn = tf.function(self._reduced_body(raw, blocks), input_signature=[*self._weight_spec, self._x_spec],
-                                 autograph=False)
-                fn.get_concrete_function()
+                fn = GraphFunction(self._reduced_body(raw, blocks), [*self._weight_spec, self._x_spec])
                 got = self._reduced_fns[raw] = (fn, blocks)
             return got
 
@@ -331,8 +327,7 @@ class Extractor:
                         values[i] = t
                     return self._forward_values(values, x, training=False)
 
-                self._used_fn = tf.function(body, input_signature=[spec, self._x_spec], autograph=False)
-                self._used_fn.get_concrete_function()
+                self._used_fn = GraphFunction(body, [spec, self._x_spec])
         outs = self._used_fn(self._values(mapping, self._used), self._input_batch(x))
         return {name: o.numpy() for name, o in zip(self.taps, outs)}
 
@@ -340,10 +335,8 @@ class Extractor:
         """Like ``run`` with ``training=True`` (BatchNorm uses batch statistics); state is not updated."""
         with self._lock:
             if self._forward_train is None:
-                fn = tf.function(self._forward_body(training=True),
-                                 input_signature=[*self._weight_spec, self._x_spec], autograph=False)
-                fn.get_concrete_function()
-                self._forward_train = fn
+                self._forward_train = GraphFunction(self._forward_body(training=True),
+                                                    [*self._weight_spec, self._x_spec])
         return self._call(self._forward_train, weights, x)
 
     def _output_is_probability(self) -> bool:
@@ -376,8 +369,7 @@ class Extractor:
                 # a variable off the loss path has no gradient; report it as 0
                 return loss, [tf.norm(g) if g is not None else tf.constant(0.0) for g in grads]
 
-            fn = tf.function(body, input_signature=[*self._weight_spec, self._x_spec, y_spec], autograph=False)
-            fn.get_concrete_function()
+            fn = GraphFunction(body, [*self._weight_spec, self._x_spec, y_spec])
             self._grad_fns[training] = fn
             return fn
 

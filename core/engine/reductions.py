@@ -70,7 +70,7 @@ def reduce_tap(t: tf.Tensor, k: Consts | None = None) -> tuple[tuple[str, ...], 
     non-finite; ``Extractor.run_reduced`` callers detect that and recompute the tap
     from raw values with ``core.analysis.stats.moments``, which masks them.
     Every graph op counts: with a hundred taps the ops' count sets the time to trace and
-    optimise the graph. So static shapes are used where known, constants are shared (``k``),
+    set up the graph. So static shapes are used where known, constants are shared (``k``),
     and what needs no pass over the tensor (finishing the zero count, squeezing) is left to ``unpack``.
     """
     k = k or Consts()

@@ -93,6 +93,32 @@ def strip_training_only(config: Any, custom: Mapping[str, Any] = {}) -> tuple[An
     return out, tuple(dropped)
 
 
+_ZEROS = {"module": "keras.initializers", "class_name": "Zeros", "config": {}, "registered_name": None}
+
+
+def zero_initializers(config: Any) -> Any:
+    """``config`` with every initializer replaced by Zeros (a copy), for a model whose values are set later.
+
+    Random initial values cost time to draw for every variable and are overwritten anyway.
+    """
+    out = copy.deepcopy(config)
+
+    def visit(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if isinstance(key, str) and value is not None and _TRAINING_ONLY_RE.search(key) \
+                        and _kind_of(key) == "initializer":
+                    node[key] = dict(_ZEROS)
+                else:
+                    visit(value)
+        elif isinstance(node, list):
+            for v in node:
+                visit(v)
+
+    visit(out)
+    return out
+
+
 def _module_from_file(path: Path) -> Any:
     name = f"ade_custom_objects_{abs(hash(str(path.resolve())))}"
     spec = importlib.util.spec_from_file_location(name, path)

@@ -17,7 +17,8 @@ import h5py
 import keras
 import numpy as np
 
-from core.run.custom_objects import CUSTOM_OBJECTS_HINT, CustomObjects, missing_object, strip_training_only
+from core.run.custom_objects import (CUSTOM_OBJECTS_HINT, CustomObjects, missing_object, strip_training_only,
+                                     zero_initializers)
 import core.run.keras_objects  # noqa: F401  registers the classes saved runs name, before any load
 from core.run.weightlayout import H5Dataset, h5_datasets, layout_known, read_by_layout
 
@@ -204,7 +205,7 @@ def load_model_noted(path: str | Path, trust: bool = False, compile: bool = Fals
     UnsafeModelError. ``safe_mode`` is on unless ``trust``. Initializers, regularizers and constraints
     Keras cannot rebuild (the user's code is absent) are left out of the config, no code runs for
     them; ``custom_objects`` (the user's code, loaded with trust) supply layers, activations and
-    losses. ``weights=False``: a ``.keras`` model keeps its initial values instead of the file's
+    losses. ``weights=False``: a ``.keras`` model's variables are zeros instead of the file's values
     (for a caller that passes every checkpoint's weights in itself). Every failure is a ModelLoadError.
     """
     p = Path(path)
@@ -260,6 +261,8 @@ def _load_stripped(p: Path, kind: str, config: dict, objects: dict[str, Any], tr
                 f.attrs["model_config"] = json.dumps(config)
             return keras.saving.load_model(copy, compile=False, safe_mode=not trust, custom_objects=objects or None)
         config = {k: v for k, v in config.items() if k != "compile_config"}
+        if not weights:
+            config = zero_initializers(config)
         with keras.saving.custom_object_scope(objects):
             model = keras.saving.deserialize_keras_object(config, safe_mode=not trust)
         if weights:

@@ -156,7 +156,7 @@ def test_run_used_reads_and_binds_only_the_taps_weights(net: keras.Model, probes
     for name in ex.taps:
         np.testing.assert_allclose(got[name], full[name], rtol=1e-6, atol=1e-6, err_msg=name)
     ex.run_used(used, probes[:1])  # another batch size: no retrace
-    inputs = ex._used_fn.get_concrete_function().structured_input_signature[0][0]
+    inputs = ex._used_fn.function.get_concrete_function().structured_input_signature[0][0]
     assert len(inputs) == len(ex.used_paths) < len(net.variables)
     del used["block1_conv1/kernel"]
     used["stem_conv/kernel"] = np.zeros((1, 1), np.float32)

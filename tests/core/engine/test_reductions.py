@@ -4,12 +4,12 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 from keras import layers
 
 from core.engine import reductions as R
 from core.engine.extract import Extractor
 from core.engine.reductions import REDUCED_KEYS, reduce_groups, tap_groups, unpack
+from core.engine.runtime import GraphFunction
 
 SIZE = 32
 
@@ -24,7 +24,7 @@ def per_tap(ex: Extractor, x: np.ndarray) -> dict[str, np.ndarray]:
         stats, blocks[:] = reduce_groups(outs, [[i] for i in range(len(outs))])
         return stats
 
-    fn = tf.function(body, input_signature=[*ex._weight_spec, ex._x_spec], autograph=False)
+    fn = GraphFunction(body, [*ex._weight_spec, ex._x_spec])  # called as the engine's own functions are
     wv = ex.weights_from_model(ex.model)
     stats = [v.numpy() for v in fn(*ex._prepare(wv, x))]
     return unpack(stats, blocks, len(x), ex._red_offsets, ex._red_totals)[0]

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from core.run.custom_objects import CustomObjectsError, load_custom_objects, missing_object, strip_training_only
+from core.run.custom_objects import (CustomObjectsError, load_custom_objects, missing_object, strip_training_only,
+                                     zero_initializers)
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -113,6 +114,21 @@ def test_strip_keeps_what_keras_can_rebuild() -> None:
     assert dropped == ("d.bias_regularizer = Mine",)
     assert "bias_regularizer" not in out["config"] and out["config"]["kernel_initializer"]["class_name"] == "Zeros"
     assert "bias_regularizer" in config["config"]  # the input is not modified
+
+
+def test_zero_initializers_replaces_every_initializer_and_nothing_else() -> None:
+    he = {"module": "keras.initializers", "class_name": "HeNormal", "config": {"seed": None}, "registered_name": None}
+    l2 = {"module": "keras.regularizers", "class_name": "L2", "config": {"l2": 0.01}, "registered_name": None}
+    config = {"class_name": "Sequential", "config": {"layers": [
+        {"class_name": "Conv2D", "config": {"name": "c", "kernel_initializer": he, "bias_initializer": "zeros",
+                                            "kernel_regularizer": l2, "depthwise_initializer": None}},
+        {"class_name": "BatchNormalization", "config": {"name": "bn", "moving_variance_initializer": "ones"}}]}}
+    out = zero_initializers(config)
+    conv, bn = (layer["config"] for layer in out["config"]["layers"])
+    assert conv["kernel_initializer"]["class_name"] == conv["bias_initializer"]["class_name"] == "Zeros"
+    assert bn["moving_variance_initializer"]["class_name"] == "Zeros"
+    assert conv["kernel_regularizer"] == l2 and conv["depthwise_initializer"] is None
+    assert config["config"]["layers"][0]["config"]["kernel_initializer"] is he  # the input is not modified
 
 
 def test_missing_custom_layer_is_named_then_loaded_with_custom_objects_and_trust(tmp_path: Path) -> None:
