@@ -10,8 +10,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from core.engine.runtime import GraphFunction
 from core.engine.reductions import Block, Reduced, positions_per_channel, reduce_groups, tap_groups, unpack
+from core.engine.runtime import GraphFunction
 from core.engine.se import SEBlock, build_graph, op_class
 from core.engine.taps import Tap, VirtualLogits, list_tappable, tap_table
 
@@ -146,7 +146,8 @@ class Extractor:
     def _forward_fn(self) -> Any:
         with self._lock:  # trace once, never concurrently from callers' threads
             if self._forward is None:
-                self._forward = GraphFunction(self._forward_body(training=False), [*self._weight_spec, self._x_spec])
+                self._forward = GraphFunction(self._forward_body(training=False),
+                                              [*self._weight_spec, self._x_spec])
         return self._forward
 
     def _forward_values(self, values: Sequence[tf.Tensor | None], x: tf.Tensor, training: bool) -> list[tf.Tensor]:
