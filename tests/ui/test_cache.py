@@ -32,13 +32,14 @@ def test_memo_keys_on_plain_arguments_and_evicts_the_oldest():
 
 
 def test_memo_computes_a_key_once_for_concurrent_callers():
-    started, gate, calls = threading.Event(), threading.Event(), []
+    started, gate, calls, released = threading.Event(), threading.Event(), [], []
 
     @memo(4)
     def slow(k: str) -> list:
         calls.append(k)
-        started.set()
-        gate.wait(10)
+        if k == "a":  # "a" is held until the gate opens, which happens only after "b" returned
+            started.set()
+            released.append(gate.wait(10))
         return [k]
 
     out = []
@@ -52,6 +53,7 @@ def test_memo_computes_a_key_once_for_concurrent_callers():
     for t in threads:
         t.join(10)
     assert calls.count("a") == 1 and len(out) == 4 and all(o is out[0] for o in out)
+    assert released == [True]  # "a" was released by the gate, not by the timeout: "b" did not wait for it
 
 
 def test_memo_does_not_keep_errors():
