@@ -10,7 +10,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 #: Layer config keys whose objects only matter while training (initial values, penalties, projections).
 _TRAINING_ONLY_RE = re.compile(r"(^|_)(initializer|regularizer|constraint)$")
@@ -62,6 +62,26 @@ def _object_name(value: Any) -> str:
     return str(value)
 
 
+def _training_only_keys(node: Any, layer: str = "") -> Iterator[tuple[dict, str, str]]:
+    """(dict, key, layer name) for each initializer, regularizer or constraint set in a config.
+
+    The caller may replace or delete ``dict[key]``: its value is not walked.
+    """
+    if isinstance(node, dict):
+        inner = node.get("config")
+        if isinstance(inner, dict) and isinstance(node.get("class_name"), str):
+            layer = str(inner.get("name") or layer)
+        for key in list(node):
+            value = node[key]
+            if isinstance(key, str) and _TRAINING_ONLY_RE.search(key) and value is not None:
+                yield node, key, layer
+            else:
+                yield from _training_only_keys(value, layer)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _training_only_keys(v, layer)
+
+
 def strip_training_only(config: Any, custom: Mapping[str, Any] = {}) -> tuple[Any, tuple[str, ...]]:
     """(config without the initializers, regularizers and constraints Keras cannot rebuild, what was dropped).
 
@@ -71,25 +91,10 @@ def strip_training_only(config: Any, custom: Mapping[str, Any] = {}) -> tuple[An
     """
     dropped: list[str] = []
     out = copy.deepcopy(config)
-
-    def visit(node: Any, layer: str) -> None:
-        if isinstance(node, dict):
-            inner = node.get("config")
-            if isinstance(inner, dict) and isinstance(node.get("class_name"), str):
-                layer = str(inner.get("name") or layer)
-            for key in list(node):
-                value = node[key]
-                if (isinstance(key, str) and _TRAINING_ONLY_RE.search(key) and value is not None
-                        and not _resolves(_kind_of(key), value, custom)):
-                    dropped.append(f"{layer}.{key} = {_object_name(value)}")
-                    del node[key]  # the layer's default takes its place
-                else:
-                    visit(value, layer)
-        elif isinstance(node, list):
-            for v in node:
-                visit(v, layer)
-
-    visit(out, "")
+    for node, key, layer in _training_only_keys(out):
+        if not _resolves(_kind_of(key), node[key], custom):
+            dropped.append(f"{layer}.{key} = {_object_name(node[key])}")
+            del node[key]  # the layer's default takes its place
     return out, tuple(dropped)
 
 
@@ -102,20 +107,9 @@ def zero_initializers(config: Any) -> Any:
     Random initial values cost time to draw for every variable and are overwritten anyway.
     """
     out = copy.deepcopy(config)
-
-    def visit(node: Any) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                if isinstance(key, str) and value is not None and _TRAINING_ONLY_RE.search(key) \
-                        and _kind_of(key) == "initializer":
-                    node[key] = dict(_ZEROS)
-                else:
-                    visit(value)
-        elif isinstance(node, list):
-            for v in node:
-                visit(v)
-
-    visit(out)
+    for node, key, _layer in _training_only_keys(out):
+        if _kind_of(key) == "initializer":
+            node[key] = dict(_ZEROS)
     return out
 
 
