@@ -80,7 +80,7 @@ def scrub(server: Server, browser, run: str, first: int, layer: str | None, step
             page.keyboard.press(key)
             idle(page, settle_ms=150)
             t_end = time.monotonic() + 10
-            while grid_src(page) == before:
+            while grid_src(page) in ("", before):  # "" while the page redraws
                 if time.monotonic() > t_end:
                     raise RuntimeError(f"the grid image did not change after {key}")
                 page.wait_for_timeout(50)
